@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from resbench.errors import InputError
+from resbench.models import get_model, materialize, unit_infos
+from resbench.models.base import REST, build_component, count_params
+from resbench.models.wan_dit import WAN22_T2V_A14B, WanBlock
+from resbench.pipeline import Request
+
+WAN_MODELS = ["wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "wan2.1-t2v-14b",
+              "wan2.1-t2v-1.3b"]
+TINY = 0.05
+
+# corroborated (or computed from the original constructors) full-size counts, models.md §1-2
+EXACT = {
+    ("wan2.2-t2v-a14b", "transformer"): 14_288_491_584,
+    ("wan2.2-t2v-a14b", "transformer_2"): 14_288_491_584,
+    ("wan2.2-i2v-a14b", "transformer"): 14_288_901_184,
+    ("wan2.2-ti2v-5b", "transformer"): 4_999_787_712,
+    ("wan2.1-t2v-14b", "transformer"): 14_288_491_584,
+    ("wan2.1-t2v-1.3b", "transformer"): 1_418_996_800,
+    ("wan2.1-t2v-14b", "vae"): 126_892_531,
+    ("wan2.2-ti2v-5b", "vae"): 704_688_668,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box their
+    # spin-waiting makes these tests several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@cache
+def full(model: str, component: str) -> nn.Module:
+    return build_component(get_model(model).component(component), 1.0)
+
+
+@cache
+def tiny(model: str, component: str) -> nn.Module:
+    module = build_component(get_model(model).component(component), TINY)
+    return materialize(module, "cpu", seed=0).float()
+
+
+@pytest.mark.parametrize("model", WAN_MODELS)
+def test_full_size_builds_on_meta_with_published_counts(model: str) -> None:
+    spec = get_model(model)
+    for c in spec.components:
+        module = full(model, c.name)
+        assert all(p.device.type == "meta" for p in module.parameters())
+        assert all(b.device.type == "meta" for b in module.buffers())
+        params = count_params(module)
+        assert c.published_params is not None
+        assert params == pytest.approx(c.published_params, rel=0.02), c.name
+        if (model, c.name) in EXACT:
+            assert params == EXACT[model, c.name] == c.published_params
+
+
+def test_14b_dit_units_match_reference() -> None:
+    infos = unit_infos("transformer", full("wan2.2-t2v-a14b", "transformer"))
+    blocks, rest = infos[:-1], infos[-1]
+    assert len(blocks) == 40 and rest.name == REST
+    assert {u.params for u in blocks} == {351_394_304}
+    assert {u.weight_bytes for u in blocks} == {2 * 351_394_304}  # bf16
+    assert rest.params == 232_719_424
+
+
+@pytest.mark.parametrize("model", ["wan2.1-t2v-14b", "wan2.2-ti2v-5b"])
+def test_vae_units_are_blocks_with_a_small_rest(model: str) -> None:
+    vae = full(model, "vae")
+    infos = unit_infos("vae", vae)
+    assert len(infos) - 1 >= 8
+    assert infos[-1].params < 0.01 * count_params(vae)
+    assert {u.weight_bytes for u in infos} == {4 * u.params for u in infos}  # fp32 VAE
+
+
+def test_one_14b_block_flops_match_the_analytic_count() -> None:
+    tokens, text, dim, ffn = 32_760, 512, 5120, 13_824  # 480x832x81
+    with torch.device("meta"):
+        block = WanBlock(WAN22_T2V_A14B).to(torch.bfloat16)
+        x = torch.empty(1, tokens, dim)
+        e0 = torch.empty(1, tokens, 6, dim)
+        context = torch.empty(1, text, dim, dtype=torch.bfloat16)
+        angles = torch.empty(tokens, 64)
+        with FlopCounterMode(display=False) as counter:
+            block(x, e0, context, angles)
+    analytic = (2 * tokens * 4 * dim**2 + 4 * tokens**2 * dim
+                + 2 * tokens * 2 * dim**2 + 2 * text * 2 * dim**2 + 4 * tokens * text * dim
+                + 2 * tokens * 2 * dim * ffn)
+    assert counter.get_total_flops() == pytest.approx(analytic, rel=0.05)
+
+
+@pytest.mark.parametrize("model", WAN_MODELS)
+def test_tiny_pipeline_runs_on_cpu(model: str) -> None:
+    spec = get_model(model)
+    height = width = 64 if spec.latent.vae_stride_s == 16 else 32
+    frames = 5
+    text_spec = spec.component("text_encoder")
+    ids = torch.randint(0, 1000, (1, text_spec.text_len), generator=torch.Generator().manual_seed(0))
+    vae = tiny(model, "vae")
+    with torch.no_grad():
+        text = tiny(model, "text_encoder")(ids)
+        lat = spec.latent
+        t_lat = lat.latent_frames(frames)
+        z_shape = (1, lat.z_channels, t_lat, height // lat.vae_stride_s, width // lat.vae_stride_s)
+        video = torch.rand(1, 3, frames, height, width) * 2 - 1
+        assert vae.encode(video).shape == z_shape
+        cond = {"text_encoder": text}
+        if spec.image_conditioning:
+            clip = torch.cat([video[:, :, :1], torch.zeros_like(video[:, :, 1:])], dim=2)
+            mask = torch.zeros(1, 4, *z_shape[2:])
+            cond["image_latents"] = torch.cat([mask, vae.encode(clip)], dim=1)
+        z = torch.randn(z_shape)
+        for name in spec.dits:
+            out = tiny(model, name)(z, torch.tensor([900.0]), cond)
+            assert out.shape == z_shape and torch.isfinite(out).all()
+        pixels = vae.decode(z)
+    assert pixels.shape == (1, 3, frames, height, width)
+    assert torch.isfinite(pixels).all()
+
+
+def test_dit_runs_in_its_bf16_dtype_and_returns_fp32() -> None:
+    spec = get_model("wan2.1-t2v-1.3b").component("transformer")
+    dit = materialize(build_component(spec, TINY), "cpu")
+    text_dim = dit.cfg.text_dim
+    with torch.no_grad():
+        out = dit(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]),
+                  {"text_encoder": torch.randn(1, 512, text_dim, dtype=torch.bfloat16)})
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("model", "per_token"), [("wan2.2-t2v-a14b", True),
+                                                  ("wan2.1-t2v-14b", False)])
+def test_wan22_time_embedding_is_per_token(model: str, per_token: bool) -> None:
+    dit = tiny(model, "transformer")
+    shapes = []
+    hook = dit.time_projection.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    try:
+        with torch.no_grad():
+            dit(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]),
+                {"text_encoder": torch.randn(1, 512, dit.cfg.text_dim)})
+    finally:
+        hook.remove()
+    tokens = 2 * 2 * 2
+    assert shapes == [(1, tokens if per_token else 1, 6 * dit.cfg.dim)]
+
+
+def test_i2v_dit_requires_image_latents() -> None:
+    dit = tiny("wan2.2-i2v-a14b", "transformer")
+    with pytest.raises(ValueError, match="image_latents"):
+        dit(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]),
+            {"text_encoder": torch.randn(1, 512, dit.cfg.text_dim)})
+
+
+@pytest.mark.parametrize("model", ["wan2.1-t2v-14b", "wan2.2-ti2v-5b"])
+def test_vae_decodes_one_latent_frame_per_chunk(model: str) -> None:
+    vae = tiny(model, "vae")
+    calls = []
+    hook = vae.decoder.conv_in.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[2]))
+    try:
+        with torch.no_grad():
+            vae.decode(torch.randn(1, vae.cfg.z_dim, 3, 2, 2))
+    finally:
+        hook.remove()
+    assert calls == [1, 1, 1]
+
+
+def test_aliases_resolve() -> None:
+    assert get_model("wan2.2").name == "wan2.2-t2v-a14b"
+    assert get_model("wan2.1-1.3b").name == "wan2.1-t2v-1.3b"
+    spec = get_model("wan2.2-t2v-a14b")
+    assert spec.dits == ("transformer", "transformer_2") and spec.boundary == 0.875
+
+
+@pytest.mark.parametrize("model", WAN_MODELS)
+def test_defaults_are_valid(model: str) -> None:
+    Request.for_model(get_model(model))
+
+
+@pytest.mark.parametrize(("model", "override", "message"), [
+    ("wan2.2-t2v-a14b", {"frames": 80}, r"wan2.2-t2v-a14b needs frames = 4k\+1 \(e.g. 81\), got 80"),
+    ("wan2.1-t2v-1.3b", {"height": 488}, "height to be a multiple of 16"),
+    ("wan2.2-i2v-a14b", {"width": 1270}, "width to be a multiple of 16"),
+    ("wan2.2-ti2v-5b", {"height": 720}, "height to be a multiple of 32"),
+])
+def test_validate_states_the_rule(model: str, override: dict[str, int], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Request.for_model(get_model(model), **override)
