@@ -28,9 +28,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     of the real thing.
     """
     b, lq, h, d = q.shape
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-    )
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.device.type == "meta":
+        # On meta, SDPA decomposes into bmm + softmax with an L×L score matrix that no GPU
+        # kernel materialises; call the fused ops so recorded FLOPs and working memory are
+        # those of the flash / memory-efficient kernels.
+        if mask is None:
+            out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
+        else:
+            out = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, mask.expand(b, h, lq, k.shape[2]), False)[0]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 

@@ -1,0 +1,118 @@
+"""Options shared by several commands, the size parameter type and the output emitter."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import click
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from resbench.errors import InputError
+from resbench.units import parse_bytes
+
+stderr = Console(stderr=True)
+
+
+class SizeType(click.ParamType):
+    """`48GB` (SI) / `48GiB` (IEC) → int bytes; bad text is a usage error (exit 2)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_bytes(value, what=param.name if param and param.name else "size")
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeType()
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout instead of tables.")(f)
+
+
+def model_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--model", "-m", default="wan2.2", show_default=True,
+                        help="Model name or alias (see `resbench models`).")(f)
+
+
+def request_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--height --width --frames --steps --guidance --cfg/--no-cfg --cfg-mode --batch --seed."""
+    opts = [
+        click.option("--seed", type=int, default=None, help="Request seed."),
+        click.option("--batch", type=int, default=None, help="Batch size (default 1)."),
+        click.option("--cfg-mode", type=click.Choice(["sequential", "batched"]), default=None,
+                     help="CFG as two passes per step or one batch of two."),
+        click.option("--cfg/--no-cfg", default=None, help="Classifier-free guidance on/off."),
+        click.option("--steps", type=int, default=None, help="Denoising steps."),
+        click.option("--frames", type=int, default=None, help="Frames (video models)."),
+        click.option("--width", type=int, default=None, help="Width in pixels."),
+        click.option("--height", type=int, default=None, help="Height in pixels."),
+    ]
+    for opt in opts:
+        f = opt(f)
+    return f
+
+
+REQUEST_KEYS = ("height", "width", "frames", "steps", "cfg", "cfg_mode", "batch", "seed")
+
+
+def request_overrides(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: kwargs.get(k) for k in REQUEST_KEYS if kwargs.get(k) is not None}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def emit(
+    data: Mapping[str, Any],
+    *,
+    as_json: bool,
+    tables: Sequence[tuple[str, pd.DataFrame]] = (),
+    lines: Sequence[str] = (),
+) -> None:
+    """Render a result: JSON on stdout (data + tables as records), or lines + rich tables."""
+    if as_json:
+        doc = dict(data)
+        for title, frame in tables:
+            doc[title] = frame_records(frame)
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    console = Console()
+    for line in lines:
+        console.print(line, highlight=False)
+    for title, frame in tables:
+        table = Table(title=title, title_justify="left")
+        for col in frame.columns:
+            table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
+        for row in frame.itertuples(index=False):
+            table.add_row(*[_fmt(v) for v in row])
+        console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

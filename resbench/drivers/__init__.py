@@ -1,0 +1,1 @@
+"""Drivers feed the residency manager: a real forward pass or a replay of the schedule."""

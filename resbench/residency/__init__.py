@@ -1,0 +1,18 @@
+"""Residency: plans, strategies, policies and the manager that applies them."""
+
+from resbench.residency.manager import ResidencyManager, UseInterval, use_intervals
+from resbench.residency.plan import HostOptions, Plan, load_plan, plan_from_dict
+from resbench.residency.policies import POLICIES
+from resbench.residency.strategies import (
+    STRATEGIES,
+    DisabledConfig,
+    LayerwiseConfig,
+    OffloadConfig,
+    ResidentConfig,
+)
+
+__all__ = [
+    "POLICIES", "STRATEGIES", "DisabledConfig", "HostOptions", "LayerwiseConfig",
+    "OffloadConfig", "Plan", "ResidencyManager", "ResidentConfig", "UseInterval",
+    "load_plan", "plan_from_dict", "use_intervals",
+]

@@ -1,0 +1,357 @@
+"""The residency manager: runs one plan over one schedule on one device.
+
+Drivers call it at fixed points — `setup()` once, then per request `request_start()`,
+`stage_enter(stage)`, `unit_begin(call)` / `unit_end(call)` around every unit call,
+`stage_exit(stage)`, `request_end()`. Everything else is derived from the schedule, which the
+manager knows in full before the request starts (that is what makes lookahead and Belady
+eviction possible):
+
+* a component's *use* is the interval from its first to its last call within one stage;
+* at a use's first call the component is prepared (cold, or already prefetched / kept);
+* at its last call the policy keeps it or its strategy releases it, and the next use is
+  prefetched when its strategy and stage allow;
+* layerwise strategies stream groups ahead within a use and hand the remaining prefetch
+  depth to the next use (across Wan2.2's expert switch and into the next step).
+
+The manager never branches on device type or strategy class: strategies and the `Device`
+do the work, and every action goes through the helpers below so it is traced uniformly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from resbench.devices.base import Device, Transfer, UnitKey
+from resbench.models.base import UnitInfo
+from resbench.residency.plan import Plan
+from resbench.residency.policies import POLICIES, Policy
+from resbench.residency.strategies import STRATEGIES, DisabledConfig, LayerwiseStrategy, Strategy
+from resbench.schedule import ComponentUse, Schedule, UnitCall
+from resbench.trace import Tracer
+
+
+@dataclass(frozen=True, slots=True)
+class UseInterval:
+    index: int
+    stage: str
+    component: str
+    first: int  # index of the first call
+    last: int  # index of the last call
+    allow_prefetch: bool
+    keep_after_request: bool
+
+
+def use_intervals(schedule: Schedule) -> list[UseInterval]:
+    """One interval per (stage, component), ordered by first call."""
+    spans: dict[tuple[str, str], list[int]] = {}
+    for call in schedule.calls:
+        span = spans.setdefault((call.stage, call.component), [call.index, call.index])
+        span[1] = call.index
+    declared = {(u.stage, u.component): u for u in schedule.uses}
+    out = []
+    for i, ((stage, comp), (first, last)) in enumerate(sorted(spans.items(), key=lambda kv: kv[1][0])):
+        use = declared.get((stage, comp), ComponentUse(stage, comp))
+        out.append(UseInterval(i, stage, comp, first, last, use.allow_prefetch, use.keep_after_request))
+    return out
+
+
+class ResidencyManager:
+    def __init__(self, schedule: Schedule, plan: Plan, device: Device, *,
+                 kinds: dict[str, str], tracer: Tracer | None = None) -> None:
+        self.schedule = schedule
+        self.plan = plan
+        self.device = device
+        self.tracer = tracer or Tracer()
+        self.policy: Policy = POLICIES[plan.policy]()
+        plan.check_components(kinds)
+        self.unit_bytes: dict[UnitKey, int] = {(u.component, u.name): u.weight_bytes
+                                               for u in schedule.units}
+        by_comp: dict[str, list[UnitInfo]] = {}
+        for u in schedule.units:
+            by_comp.setdefault(u.component, []).append(u)
+        self.strategies: dict[str, Strategy] = {}
+        for comp, units in by_comp.items():
+            cfg = plan.config_for(comp, kinds.get(comp, ""))
+            if not self.policy.manages:
+                cfg = DisabledConfig()
+            self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
+        self.uses = use_intervals(schedule)
+        self._begin_at = {u.first: u for u in self.uses}
+        self._end_at: dict[int, list[UseInterval]] = {}
+        for u in self.uses:
+            self._end_at.setdefault(u.last, []).append(u)
+        self._current: dict[str, UseInterval] = {}
+        self._visits: dict[tuple[str, int], tuple[list[int], dict[int, int], dict[int, int]]] = {}
+        self._handed_off: set[int] = set()
+        self._ending: list[UseInterval] = []
+        self._compute_start: Any = None
+        self.h2d_bytes = 0
+        self.d2h_bytes = 0
+
+    # -- driver hooks ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Register host copies (pinned within budget), place resident and unmanaged units."""
+        budget = self.plan.host.pinned_budget_bytes
+        pinned_total = 0
+        for comp, strategy in self.strategies.items():
+            moves = not strategy.resident and strategy.managed
+            for u in strategy.units:
+                pinned = (self.plan.host.pinned and moves
+                          and (budget is None or pinned_total + u.weight_bytes <= budget))
+                pinned_total += u.weight_bytes if pinned else 0
+                self.device.register((comp, u.name), u.weight_bytes, pinned=pinned)
+        start = self.device.now()
+        self.tracer.stage = "setup"
+        for strategy in self.strategies.values():
+            strategy.setup()
+        self.tracer.event("setup", start, end=self.device.now())
+        self._memory()
+
+    def request_start(self) -> None:
+        self.tracer.stage = ""
+        self.tracer.step = -1
+        self.tracer.event("request_start", self.device.now())
+
+    def stage_enter(self, stage: str) -> None:
+        self.tracer.stage = stage
+        self.tracer.event("stage_enter", self.device.now())
+
+    def stage_exit(self, stage: str) -> None:
+        self._flush_ends()
+        self.tracer.event("stage_exit", self.device.now())
+
+    def unit_begin(self, call: UnitCall) -> None:
+        if self._ending:
+            self._flush_ends()
+        self.tracer.step = call.step
+        use = self._begin_at.get(call.index)
+        if use is not None and self.policy.manages:
+            self._begin_use(use)
+        self.strategies[call.component].before_unit(call)
+        if self.policy.evicts and call.activation_bytes > self.device.free_bytes():
+            self.ensure_free(call.activation_bytes, reason="activations")
+        self._compute_start = self.device.compute_begin(call)
+
+    def unit_end(self, call: UnitCall) -> None:
+        end = self.device.compute_end(call)
+        self.tracer.event("compute", self._compute_start, end=end, component=call.component,
+                          unit=call.unit, stream="compute", flops=call.flops)
+        self.strategies[call.component].after_unit(call)
+        ending = self._end_at.get(call.index)
+        if ending and self.policy.manages:
+            # The component's rest (final norm, head) still runs after its last block call:
+            # end the use when the next call begins, or the stage or request ends.
+            self._ending.extend(ending)
+
+    def _flush_ends(self) -> None:
+        ending, self._ending = self._ending, []
+        for use in ending:
+            self._end_use(use)
+
+    def request_end(self) -> None:
+        self._flush_ends()
+        self.tracer.stage = ""
+        self.tracer.step = -1
+        for strategy in self.strategies.values():
+            strategy.request_end()
+        self._memory()
+        self.tracer.event("request_end", self.device.now())
+
+    # -- uses --------------------------------------------------------------------------------
+    def _begin_use(self, use: UseInterval) -> None:
+        s = self.strategies[use.component]
+        self._current[use.component] = use
+        s.use = use
+        if s.resident:
+            reason = "resident"
+        elif s.kept:
+            s.kept = False
+            s.active = True
+            reason = "kept"
+        elif s.active:
+            reason = "prefetched"
+        else:
+            s.prepare(cold=True)
+            reason = "cold"
+        self.tracer.event("prepare", self.device.now(), component=use.component, reason=reason)
+        nxt = self.next_use(after=use.index)
+        if nxt is not None and self.policy.prefetch_early(self, nxt):
+            self._prefetch_use(nxt, early=True)
+
+    def _end_use(self, use: UseInterval) -> None:
+        s = self.strategies[use.component]
+        now = self.device.now()
+        if s.resident:
+            self.tracer.event("keep", now, component=use.component, reason="resident")
+        else:
+            reason = self.policy.keep_reason(self, use)
+            if reason is not None:
+                s.kept = True
+                s.active = False
+                self.tracer.event("keep", now, component=use.component, reason=reason)
+            else:
+                s.release("after_use")
+        nxt = self.next_use(after=use.index)
+        if nxt is not None:
+            self._prefetch_use(nxt, early=False)
+
+    def _prefetch_use(self, nxt: UseInterval, *, early: bool) -> None:
+        s = self.strategies[nxt.component]
+        if s.resident or s.kept or s.active:
+            return
+        now = self.device.now()
+        cfg_prefetch = getattr(s.config, "prefetch", True)
+        if not (s.prefetchable and cfg_prefetch and nxt.allow_prefetch):
+            if not early:
+                why = "stage disallows" if not nxt.allow_prefetch else "prefetch off"
+                self.tracer.event("prefetch_skip", now, component=nxt.component, reason=why)
+            return
+        if self.policy.evicts and not self.ensure_free(self.bytes_to_bring(nxt), reason="prefetch",
+                                                       protect=nxt.component, best_effort=True):
+            self.tracer.event("prefetch_skip", now, component=nxt.component, reason="no_memory")
+            return
+        s.use = nxt
+        s.prepare(cold=False)
+
+    # -- lookahead queries (policies, strategies) -------------------------------------------
+    def next_use(self, after: int) -> UseInterval | None:
+        return self.uses[after + 1] if after + 1 < len(self.uses) else None
+
+    def next_use_of(self, component: str, after: int) -> UseInterval | None:
+        for u in self.uses[after + 1:]:
+            if u.component == component:
+                return u
+        return None
+
+    def bytes_to_bring(self, use: UseInterval) -> int:
+        s = self.strategies[use.component]
+        if s.resident or s.kept or s.active:
+            return 0
+        return s.device_bytes()
+
+    def visits(self, s: LayerwiseStrategy) -> tuple[list[int], dict[int, int], dict[int, int]]:
+        """Group visits of the use `s` is in (or being prefetched for): the sequence of group
+        ids in call order, and call index → visit number at a visit's first and last call."""
+        use = s.use
+        if use is None:
+            return [], {}, {}
+        key = (s.component, use.index)
+        if key not in self._visits:
+            visits: list[int] = []
+            at: dict[int, int] = {}
+            end: dict[int, int] = {}
+            last_call = -1
+            for call in self.schedule.calls[use.first:use.last + 1]:
+                k = s.group_of.get(call.unit) if call.component == s.component else None
+                if k is None:
+                    continue
+                if not visits or visits[-1] != k:
+                    if visits:
+                        end[last_call] = len(visits) - 1
+                    visits.append(k)
+                    at[call.index] = len(visits) - 1
+                last_call = call.index
+            if visits:
+                end[last_call] = len(visits) - 1
+            self._visits[key] = (visits, at, end)
+        return self._visits[key]
+
+    def handoff_prefetch(self, s: Strategy, groups: int) -> None:
+        use = self._current.get(s.component)
+        if use is None:
+            return
+        nxt = self.next_use(after=use.index)
+        if nxt is None or nxt.index in self._handed_off or not nxt.allow_prefetch:
+            return
+        self._handed_off.add(nxt.index)
+        target = self.strategies[nxt.component]
+        if target.resident or target.kept:
+            return
+        target.use = nxt
+        target.head_prefetch(groups)
+
+    # -- memory pressure ---------------------------------------------------------------------
+    def ensure_free(self, nbytes: int, *, reason: str, protect: str = "",
+                    best_effort: bool = False) -> bool:
+        """Evict kept components, farthest next use first, until `nbytes` are free."""
+        if self.device.free_bytes() >= nbytes:
+            return True
+        here = max((u.index for u in self._current.values()), default=-1)
+        candidates = []
+        for comp, s in self.strategies.items():
+            if s.kept and not s.active and comp != protect:
+                nxt = self.next_use_of(comp, here)
+                candidates.append((float("inf") if nxt is None else nxt.first, comp))
+        for distance, comp in sorted(candidates, reverse=True):
+            if self.device.free_bytes() >= nbytes:
+                break
+            why = "never used again" if distance == float("inf") else f"next use at call {int(distance)}"
+            self.tracer.event("evict", self.device.now(), component=comp,
+                              reason=f"{reason}: belady ({why})")
+            self.strategies[comp].release("evict")
+        return self.device.free_bytes() >= nbytes or best_effort is False
+
+    # -- actions (strategies call these) -----------------------------------------------------
+    def load(self, key: UnitKey, *, prefetch: bool, pool: str | None = None) -> Transfer:
+        if self.policy.evicts and pool is None:
+            self.ensure_free(self.unit_bytes[key], reason="load", protect=key[0])
+        transfer = self.device.h2d(key, pool=pool)
+        comp, unit = key
+        if prefetch:
+            self.tracer.event("prefetch", transfer.start, component=comp, unit=unit,
+                              nbytes=transfer.nbytes)
+        self.tracer.event("load", transfer.start, end=transfer.end, component=comp, unit=unit,
+                          stream=transfer.stream, nbytes=transfer.nbytes,
+                          reason="prefetch" if prefetch else "demand")
+        self.h2d_bytes += transfer.nbytes
+        self._memory()
+        return transfer
+
+    def wait(self, transfer: Transfer) -> None:
+        at = self.device.wait(transfer)
+        comp, unit = transfer.key
+        self.tracer.event("wait", at, component=comp, unit=unit, stream="compute",
+                          nbytes=transfer.nbytes, stall=transfer.end)
+
+    def drop(self, key: UnitKey, reason: str) -> None:
+        self.device.drop(key)
+        self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
+                          nbytes=self.unit_bytes[key], reason=reason)
+        self._memory()
+
+    def copy_back(self, key: UnitKey, reason: str) -> None:
+        transfer = self.device.d2h(key)
+        self.tracer.event("d2h", transfer.start, end=transfer.end, component=key[0], unit=key[1],
+                          stream=transfer.stream, nbytes=transfer.nbytes)
+        self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
+                          nbytes=transfer.nbytes, reason="d2h")
+        self.d2h_bytes += transfer.nbytes
+        self._memory()
+
+    def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
+        if self.policy.evicts:
+            self.ensure_free(slot_bytes * slots, reason="staging", protect=name.split(".")[0])
+        self.device.alloc_pool(name, slot_bytes, slots)
+        self._memory()
+
+    def free_pool(self, name: str) -> None:
+        self.device.free_pool(name)
+        self._memory()
+
+    def place_unmanaged(self, key: UnitKey) -> None:
+        self.device.place_unmanaged(key)
+
+    def _memory(self) -> None:
+        self.tracer.memory(self.device.now(), self.device.used_bytes(), self.device.pinned_bytes())
+
+    # -- checks ------------------------------------------------------------------------------
+    def leftover_units(self) -> list[UnitKey]:
+        """Units still on the device that should not be (neither resident nor unmanaged)."""
+        out = []
+        for comp, s in self.strategies.items():
+            fixed = {u.name for u in getattr(s, "resident_units", [])}
+            for u in s.units:
+                if self.device.on_device((comp, u.name)) and not s.resident and u.name not in fixed:
+                    out.append((comp, u.name))
+        return out

@@ -1,0 +1,203 @@
+"""Residency plans: per-component strategy and knobs, a policy, a margin, host options.
+
+TOML shape (schema 1)::
+
+    schema = 1
+    name = "sglang-wan2.2"
+    description = "..."
+    policy = "static"            # static | dynamic | disabled
+    buffer_margin = "2GiB"       # bytes as an integer, or a size string
+
+    [host]
+    pinned = true                # pinned host copies (fast DMA) or pageable
+    pinned_budget = "64GiB"      # optional cap on pinned host bytes
+
+    [components.transformer]     # a component name, a kind group (dit, text_encoder, vae),
+    strategy = "layerwise"       # or `default`; the most specific entry wins
+    group_size = 1
+    prefetch_depth = 1
+
+Every unknown key is an error that lists the valid keys; every bad value names its TOML path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args
+
+import tomli_w
+
+from resbench.errors import InputError
+from resbench.residency.policies import POLICIES
+from resbench.residency.strategies import STRATEGIES, ResidentConfig, StrategyConfig
+from resbench.units import parse_bytes
+
+SCHEMA = 1
+GROUPS = ("dit", "text_encoder", "vae", "default")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostOptions:
+    pinned: bool = True
+    """Host copies in page-locked memory (DMA at full PCIe speed) or pageable."""
+    pinned_budget_bytes: int | None = None
+    """Most host bytes that may be pinned; units past it stay pageable. None: no cap."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    name: str = "plan"
+    description: str = ""
+    policy: str = "static"
+    buffer_margin_bytes: int = 0
+    """Headroom kept free for activations and allocator slack (dynamic policy decisions)."""
+    host: HostOptions = field(default_factory=HostOptions)
+    components: tuple[tuple[str, StrategyConfig], ...] = ()
+    """(component name or group, config); resolution: name > kind group > default > resident."""
+
+    def config_for(self, component: str, kind: str) -> StrategyConfig:
+        table = dict(self.components)
+        for key in (component, kind, "default"):
+            if key in table:
+                return table[key]
+        return ResidentConfig()
+
+    def with_components(self, **configs: StrategyConfig) -> Plan:
+        table = dict(self.components)
+        table.update(configs)
+        return dataclasses.replace(self, components=tuple(table.items()))
+
+    def check_components(self, known: dict[str, str], *, source: str = "plan") -> None:
+        """Raise if the plan names a component the model lacks (`known`: name → kind)."""
+        for key, _ in self.components:
+            if key not in known and key not in GROUPS:
+                raise InputError(
+                    f"{source}: components.{key}: the model has no component {key!r}; "
+                    f"components: {', '.join(known)}; groups: {', '.join(GROUPS)}"
+                )
+
+    # -- TOML ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"schema": SCHEMA, "name": self.name}
+        if self.description:
+            doc["description"] = self.description
+        doc["policy"] = self.policy
+        doc["buffer_margin"] = self.buffer_margin_bytes
+        host: dict[str, Any] = {"pinned": self.host.pinned}
+        if self.host.pinned_budget_bytes is not None:
+            host["pinned_budget"] = self.host.pinned_budget_bytes
+        doc["host"] = host
+        doc["components"] = {key: config_to_dict(cfg) for key, cfg in self.components}
+        return doc
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_toml())
+
+
+def config_to_dict(cfg: StrategyConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"strategy": cfg.name}
+    for f in fields(cfg):
+        out[f.name] = getattr(cfg, f.name)
+    return out
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan TOML file; errors name the file and the TOML path."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"plan file {str(p)!r} does not exist")
+    try:
+        doc = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    return plan_from_dict(doc, source=str(p))
+
+
+def plan_from_dict(doc: dict[str, Any], *, source: str = "plan") -> Plan:
+    top = {"schema", "name", "description", "policy", "buffer_margin", "host", "components"}
+    _no_unknown(doc, top, source, "")
+    schema = doc.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise InputError(f"{source}: schema {schema!r} found; this resbench reads schema {SCHEMA}")
+    policy = doc.get("policy", "static")
+    if policy not in POLICIES:
+        raise InputError(f"{source}: policy: {policy!r} is not a policy; valid: {', '.join(POLICIES)}")
+    try:
+        margin = parse_bytes(doc.get("buffer_margin", 0), what=f"{source}: buffer_margin",
+                             allow_zero=True)
+    except InputError as exc:
+        raise InputError(str(exc)) from None
+    host_doc = doc.get("host", {})
+    if not isinstance(host_doc, dict):
+        raise InputError(f"{source}: host: must be a table")
+    _no_unknown(host_doc, {"pinned", "pinned_budget"}, source, "host.")
+    pinned = host_doc.get("pinned", True)
+    if not isinstance(pinned, bool):
+        raise InputError(f"{source}: host.pinned: must be true or false, got {pinned!r}")
+    budget = host_doc.get("pinned_budget")
+    budget_bytes = None if budget in (None, "unlimited") else parse_bytes(
+        budget, what=f"{source}: host.pinned_budget", allow_zero=True)
+    comps_doc = doc.get("components", {})
+    if not isinstance(comps_doc, dict):
+        raise InputError(f"{source}: components: must be a table of component tables")
+    comps = tuple((key, _config_from(value, f"{source}: components.{key}"))
+                  for key, value in comps_doc.items())
+    return Plan(name=str(doc.get("name", Path(source).stem)), description=str(doc.get("description", "")),
+                policy=policy, buffer_margin_bytes=margin,
+                host=HostOptions(pinned=pinned, pinned_budget_bytes=budget_bytes), components=comps)
+
+
+def _config_from(value: Any, where: str) -> StrategyConfig:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: must be a table with a `strategy` key")
+    name = value.get("strategy")
+    if name not in STRATEGIES:
+        raise InputError(f"{where}.strategy: {name!r} is not a strategy; valid: {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[name].Config
+    knobs = {f.name: f for f in fields(cls)}
+    _no_unknown(value, {"strategy", *knobs}, where.split(": ")[0], where.split(": ")[1] + ".",
+                what=f"strategy {name!r}")
+    kwargs: dict[str, Any] = {}
+    for key, f in knobs.items():
+        if key not in value:
+            continue
+        kwargs[key] = _check_knob(value[key], f, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _check_knob(value: Any, f: dataclasses.Field[Any], where: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: must be an integer, got {value!r}")
+        minimum = 1 if f.name == "group_size" else 0
+        if value < minimum:
+            raise InputError(f"{where}: must be ≥ {minimum}, got {value}")
+        return value
+    if kind.startswith("Literal"):
+        allowed = [a.strip().strip("'\"") for a in kind[len("Literal["):-1].split(",")]
+        if value not in allowed:
+            raise InputError(f"{where}: {value!r} is not allowed; valid: {', '.join(allowed)}")
+        return value
+    if get_args(f.type):
+        return value
+    return value
+
+
+def _no_unknown(doc: dict[str, Any], valid: set[str], source: str, prefix: str, what: str = "") -> None:
+    for key in doc:
+        if key not in valid:
+            owner = f" for {what}" if what else ""
+            raise InputError(f"{source}: {prefix}{key}: unknown key{owner}; valid keys: "
+                             f"{', '.join(sorted(valid))}")

@@ -1,0 +1,107 @@
+"""Recorded call schedules: the ordered unit calls of one request, with their cost drivers.
+
+A `Schedule` is what the simulator replays and what the residency manager looks ahead in.
+It is recorded by running the pipeline on `meta` tensors (no weights, no compute): every
+call of a residency unit is one `UnitCall`, with FLOPs split by op class (counted by
+`torch.utils.flop_counter.FlopCounterMode`), the bytes written by memory-bound ops, and the
+peak working memory of the call. One denoising step per (denoiser, pass) is recorded and
+repeated by structure, so recording a 40-step request costs as much as a 1-step one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from resbench.models.base import UnitInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentUse:
+    """A stage's declared use of a component (as sglang's `ComponentUse`).
+
+    `phase` orders uses inside one stage (Wan2.2's two experts: phase 0 high-noise, 1 low).
+    `allow_prefetch`: the manager may bring it in before the stage starts.
+    `keep_after_request`: prefer to keep it on the device for the next request.
+    """
+
+    stage: str
+    component: str
+    phase: int = 0
+    allow_prefetch: bool = True
+    keep_after_request: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCall:
+    """One call of one residency unit. `step` is -1 outside the denoising loop.
+
+    Costs: `gemm_flops` (matmuls, linear layers), `attention_flops` (SDPA), `conv_flops`,
+    `memory_bytes` (bytes written by memory-bound ops: norms, elementwise, copies),
+    `op_count` (kernels launched), `activation_bytes` (peak bytes of tensors alive during
+    the call beyond its inputs: the working memory the device must hold besides weights).
+    """
+
+    index: int
+    component: str
+    unit: str
+    stage: str
+    step: int
+    gemm_flops: int
+    attention_flops: int
+    conv_flops: int
+    memory_bytes: int
+    op_count: int
+    activation_bytes: int
+
+    @property
+    def flops(self) -> int:
+        return self.gemm_flops + self.attention_flops + self.conv_flops
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Everything a replay needs: units (with weight bytes), stage uses, ordered calls.
+
+    `stage_order` lists stages in execution order; `calls` are in execution order, so a
+    call's stage is never earlier in `stage_order` than the previous call's.
+    `state_bytes` is the size of the tensors carried between stages (latents, text
+    embeddings) that stay on the device for the whole request.
+    """
+
+    model: str
+    scale: float
+    request: dict[str, object]
+    units: tuple[UnitInfo, ...]
+    uses: tuple[ComponentUse, ...]
+    stage_order: tuple[str, ...]
+    calls: tuple[UnitCall, ...]
+    state_bytes: int = 0
+
+    def unit(self, component: str, name: str) -> UnitInfo:
+        for u in self.units:
+            if u.component == component and u.name == name:
+                return u
+        raise KeyError((component, name))
+
+    def component_units(self, component: str) -> list[UnitInfo]:
+        return [u for u in self.units if u.component == component]
+
+    def component_bytes(self, component: str) -> int:
+        return sum(u.weight_bytes for u in self.units if u.component == component)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(u.component for u in self.units))
+
+    def calls_frame(self) -> pd.DataFrame:
+        """One row per call; FLOPs split by op class, bytes in columns ending `_bytes`."""
+        frame = pd.DataFrame([
+            {f: getattr(c, f) for f in c.__slots__} for c in self.calls
+        ])
+        frame["flops"] = frame["gemm_flops"] + frame["attention_flops"] + frame["conv_flops"]
+        return frame
+
+    def units_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{f: getattr(u, f) for f in u.__slots__} for u in self.units])
