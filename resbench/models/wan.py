@@ -8,14 +8,11 @@ official code's `--convert_model_dtype`; the shipped files are fp32); the VAEs r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 import torch
 
-from resbench.errors import InputError
 from resbench.models.base import ComponentSpec, LatentGeometry, ModelSpec, SamplingDefaults
 from resbench.models.registry import register
+from resbench.models.rules import size_and_frame_rule
 from resbench.models.t5 import UMT5_XXL, T5Encoder
 from resbench.models.wan_dit import (
     WAN21_1_3B,
@@ -28,9 +25,6 @@ from resbench.models.wan_dit import (
 )
 from resbench.models.wan_vae import WAN21_VAE, WanVAE
 from resbench.models.wan_vae22 import WAN22_VAE, WanVAE22
-
-if TYPE_CHECKING:  # pipeline imports the model base; importing it here would be circular
-    from resbench.pipeline import Request
 
 UMT5_PARAMS = 5_680_910_336
 DIT_14B_PARAMS = 14_288_491_584
@@ -72,33 +66,19 @@ def vae22() -> ComponentSpec:
                          dtype=torch.float32)
 
 
-def size_rule(name: str, geometry: LatentGeometry) -> Callable[[Request], None]:
-    """Frames = 4k+1 (the causal VAE encodes frame 0 alone, then 4 per latent frame);
-    height and width multiples of VAE stride × patch."""
-    multiple = geometry.vae_stride_s * geometry.patch_s
-    why = f"VAE stride {geometry.vae_stride_s} × patch {geometry.patch_s}"
-
-    def validate(request: Request) -> None:
-        if request.frames % geometry.vae_stride_t != 1:
-            raise InputError(f"{name} needs frames = 4k+1 (e.g. 81), got {request.frames}")
-        for side in ("height", "width"):
-            value = getattr(request, side)
-            if value % multiple:
-                raise InputError(
-                    f"{name} needs {side} to be a multiple of {multiple} ({why}), got {value}")
-
-    return validate
-
-
 def wan_model(name: str, description: str, components: tuple[ComponentSpec, ...],
               geometry: LatentGeometry, defaults: SamplingDefaults, *,
               aliases: tuple[str, ...] = (), boundary: float | None = None,
               image_conditioning: bool = False, notes: tuple[str, ...] = ()) -> ModelSpec:
+    """A Wan spec; requests need frames = 4k+1 (the causal VAE encodes frame 0 alone, then 4
+    frames per latent frame) and sides a multiple of VAE stride × patch (16, or 32 for TI2V)."""
     dits = tuple(c.name for c in components if c.kind == "dit")
     return ModelSpec(name=name, family="wan", description=description, components=components,
                      text_encoders=("text_encoder",), dits=dits, vae="vae", latent=geometry,
                      defaults=defaults, aliases=aliases, boundary=boundary,
-                     image_conditioning=image_conditioning, validate=size_rule(name, geometry),
+                     image_conditioning=image_conditioning, validate=size_and_frame_rule(
+                         name, size_multiple=geometry.vae_stride_s * geometry.patch_s,
+                         frame_step=geometry.vae_stride_t),
                      notes=notes)
 
 
