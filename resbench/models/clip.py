@@ -27,9 +27,15 @@ class CLIPTextConfig:
             return self
         heads = max(2, round(self.heads * scale))
         head_dim = scaled_dim(self.dim // self.heads, scale**0.5, 8)
-        return CLIPTextConfig(vocab=scaled_dim(self.vocab, scale, 64), positions=self.positions,
-                              dim=heads * head_dim, ffn=scaled_dim(self.ffn, scale, 8), heads=heads,
-                              layers=scaled_count(self.layers, scale), eps=self.eps)
+        return CLIPTextConfig(
+            vocab=scaled_dim(self.vocab, scale, 64),
+            positions=self.positions,
+            dim=heads * head_dim,
+            ffn=scaled_dim(self.ffn, scale, 8),
+            heads=heads,
+            layers=scaled_count(self.layers, scale),
+            eps=self.eps,
+        )
 
 
 CLIP_L14 = CLIPTextConfig()

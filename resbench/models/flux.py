@@ -62,12 +62,20 @@ class FluxConfig:
         head_dim = scaled_dim(self.hidden // self.heads, scale**0.5, 8)
         # Text widths follow the encoders built at the same scale.
         return FluxConfig(
-            in_channels=self.in_channels, out_channels=self.out_channels,
-            vec_in_dim=CLIP_L14.scaled(scale).dim, context_in_dim=T5_V11_XXL.scaled(scale).dim,
-            hidden=heads * head_dim, mlp_ratio=self.mlp_ratio, heads=heads,
-            depth=scaled_count(self.depth, scale), depth_single=scaled_count(self.depth_single, scale),
-            axes_dim=scaled_axes(self.axes_dim, head_dim), theta=self.theta, qkv_bias=self.qkv_bias,
-            guidance_embed=self.guidance_embed, default_guidance=self.default_guidance,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            vec_in_dim=CLIP_L14.scaled(scale).dim,
+            context_in_dim=T5_V11_XXL.scaled(scale).dim,
+            hidden=heads * head_dim,
+            mlp_ratio=self.mlp_ratio,
+            heads=heads,
+            depth=scaled_count(self.depth, scale),
+            depth_single=scaled_count(self.depth_single, scale),
+            axes_dim=scaled_axes(self.axes_dim, head_dim),
+            theta=self.theta,
+            qkv_bias=self.qkv_bias,
+            guidance_embed=self.guidance_embed,
+            default_guidance=self.default_guidance,
         )
 
 
@@ -95,14 +103,17 @@ class Flux(ResidencyComponent):
         self.guidance_in = MLPEmbedder(256, cfg.hidden) if cfg.guidance_embed else None
         self.txt_in = nn.Linear(cfg.context_in_dim, cfg.hidden)
         self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden, cfg.qkv_bias) for _ in range(cfg.depth)
+            DoubleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden, cfg.qkv_bias)
+            for _ in range(cfg.depth)
         )
         self.single_blocks = nn.ModuleList(
             SingleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden) for _ in range(cfg.depth_single)
         )
         self.final_layer = FinalLayer(cfg.hidden, cfg.out_channels)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         dtype = self.img_in.weight.dtype
         b, _, h, w = x.shape
         img = self.img_in(patchify(x.to(dtype), 1, 2))
@@ -114,7 +125,9 @@ class Flux(ResidencyComponent):
             vec = vec + self.guidance_in(timestep_embedding(g.to(x.device).reshape(-1) * 1000))
         vec = vec + self.vector_in(cond["text_encoder"])
 
-        img_angles = rope_angles(grid_ids(1, h // 2, w // 2, x.device), self.cfg.axes_dim, self.cfg.theta)
+        img_angles = rope_angles(
+            grid_ids(1, h // 2, w // 2, x.device), self.cfg.axes_dim, self.cfg.theta
+        )
         for block in self.double_blocks:
             # Text tokens sit at position 0 on every axis: their rotation is the identity.
             img, txt = block(img, txt, vec, img_angles)
@@ -149,21 +162,40 @@ FLUX_DEV_SPEC = register(
         family="flux",
         description="FLUX.1-dev text-to-image: 12B guidance-distilled MMDiT, CLIP-L + T5-XXL",
         components=(
-            ComponentSpec("text_encoder", "text_encoder", _clip, 123_060_480,
-                          "CLIP ViT-L/14 text encoder (pooled output)", text_len=77,
-                          vocab_size=CLIP_L14.vocab),
-            ComponentSpec("text_encoder_2", "text_encoder", _t5, 4_762_310_656,
-                          "T5-v1.1-XXL encoder", text_len=512, vocab_size=T5_V11_XXL.vocab),
-            ComponentSpec("transformer", "dit", _transformer, 11_901_408_320,
-                          "FLUX.1-dev MMDiT: 19 double + 38 single blocks, 3072 wide"),
+            ComponentSpec(
+                "text_encoder",
+                "text_encoder",
+                _clip,
+                123_060_480,
+                "CLIP ViT-L/14 text encoder (pooled output)",
+                text_len=77,
+                vocab_size=CLIP_L14.vocab,
+            ),
+            ComponentSpec(
+                "text_encoder_2",
+                "text_encoder",
+                _t5,
+                4_762_310_656,
+                "T5-v1.1-XXL encoder",
+                text_len=512,
+                vocab_size=T5_V11_XXL.vocab,
+            ),
+            ComponentSpec(
+                "transformer",
+                "dit",
+                _transformer,
+                11_901_408_320,
+                "FLUX.1-dev MMDiT: 19 double + 38 single blocks, 3072 wide",
+            ),
             ComponentSpec("vae", "vae", _ae, 83_819_683, "FLUX autoencoder (16 latent channels)"),
         ),
         text_encoders=("text_encoder", "text_encoder_2"),
         dits=("transformer",),
         vae="vae",
         latent=LatentGeometry(z_channels=16, vae_stride_t=1, vae_stride_s=8, patch_t=1, patch_s=2),
-        defaults=SamplingDefaults(height=1024, width=1024, frames=1, steps=28, guidance=3.5,
-                                  shift=3.0, cfg=False),
+        defaults=SamplingDefaults(
+            height=1024, width=1024, frames=1, steps=28, guidance=3.5, shift=3.0, cfg=False
+        ),
         aliases=("flux",),
         is_video=False,
         validate=size_and_frame_rule("flux.1-dev", size_multiple=16),

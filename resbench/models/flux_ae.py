@@ -27,10 +27,16 @@ class AEConfig:
     def scaled(self, scale: float) -> AEConfig:
         if scale >= 1:
             return self
-        return AEConfig(in_channels=self.in_channels, ch=scaled_dim(self.ch, scale, 8),
-                        ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                        z_channels=self.z_channels, groups=8, scale_factor=self.scale_factor,
-                        shift_factor=self.shift_factor)
+        return AEConfig(
+            in_channels=self.in_channels,
+            ch=scaled_dim(self.ch, scale, 8),
+            ch_mult=self.ch_mult,
+            num_res_blocks=self.num_res_blocks,
+            z_channels=self.z_channels,
+            groups=8,
+            scale_factor=self.scale_factor,
+            shift_factor=self.shift_factor,
+        )
 
 
 FLUX_AE = AEConfig()
@@ -65,26 +71,26 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        q, k, v = (proj(y).flatten(2).transpose(1, 2)[:, :, None] for proj in (self.q, self.k, self.v))
+        q, k, v = (
+            proj(y).flatten(2).transpose(1, 2)[:, :, None] for proj in (self.q, self.k, self.v)
+        )
         out = attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 
-class MidBlock(nn.Module):
-    def __init__(self, c: int, groups: int) -> None:
-        super().__init__()
-        self.block_1 = ResnetBlock(c, c, groups)
-        self.attn_1 = AttnBlock(c, groups)
-        self.block_2 = ResnetBlock(c, c, groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+def mid_block(c: int, groups: int) -> nn.ModuleList:
+    """ResNet → attention → ResNet at the lowest resolution (three residency units)."""
+    return nn.ModuleList(
+        [ResnetBlock(c, c, groups), AttnBlock(c, groups), ResnetBlock(c, c, groups)]
+    )
 
 
 class Level(nn.Module):
     """One resolution level: ResNet blocks, then an optional 2× down- or upsampling conv."""
 
-    def __init__(self, cin: int, cout: int, n_blocks: int, groups: int, resample: str | None) -> None:
+    def __init__(
+        self, cin: int, cout: int, n_blocks: int, groups: int, resample: str | None
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList(
             ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n_blocks)
@@ -110,19 +116,24 @@ class Encoder(nn.Module):
         n = len(chans)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         self.down = nn.ModuleList(
-            Level(cfg.ch if i == 0 else chans[i - 1], chans[i], cfg.num_res_blocks, cfg.groups,
-                  "down" if i < n - 1 else None)
+            Level(
+                cfg.ch if i == 0 else chans[i - 1],
+                chans[i],
+                cfg.num_res_blocks,
+                cfg.groups,
+                "down" if i < n - 1 else None,
+            )
             for i in range(n)
         )
-        self.mid = MidBlock(chans[-1], cfg.groups)
+        self.mid = mid_block(chans[-1], cfg.groups)
         self.norm_out = nn.GroupNorm(cfg.groups, chans[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(chans[-1], 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
-        for level in self.down:
-            x = level(x)
-        return self.conv_out(F.silu(self.norm_out(self.mid(x))))
+        for block in (*self.down, *self.mid):
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
 
 
 class Decoder(nn.Module):
@@ -131,29 +142,34 @@ class Decoder(nn.Module):
         chans = [cfg.ch * m for m in reversed(cfg.ch_mult)]
         n = len(chans)
         self.conv_in = nn.Conv2d(cfg.z_channels, chans[0], 3, padding=1)
-        self.mid = MidBlock(chans[0], cfg.groups)
+        self.mid = mid_block(chans[0], cfg.groups)
         # Stored in execution order (lowest resolution first); BFL stores `up` the other way
         # round, which would make block order differ from run order for streaming.
         self.up = nn.ModuleList(
-            Level(chans[max(i - 1, 0)], chans[i], cfg.num_res_blocks + 1, cfg.groups,
-                  "up" if i < n - 1 else None)
+            Level(
+                chans[max(i - 1, 0)],
+                chans[i],
+                cfg.num_res_blocks + 1,
+                cfg.groups,
+                "up" if i < n - 1 else None,
+            )
             for i in range(n)
         )
         self.norm_out = nn.GroupNorm(cfg.groups, chans[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(chans[-1], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.mid(self.conv_in(z))
-        for level in self.up:
-            x = level(x)
+        x = self.conv_in(z)
+        for block in (*self.mid, *self.up):
+            x = block(x)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
 class AutoEncoder(ResidencyComponent):
     """Image VAE: `encode` [B, 3, H, W] → [B, z, H/8, W/8] (posterior mean, scaled and shifted),
-    `decode` the inverse. Units: the encoder's and the decoder's resolution levels."""
+    `decode` the inverse. Units: encoder levels and mid blocks, decoder mid blocks and levels."""
 
-    block_attrs = ("encoder.down", "decoder.up")
+    block_attrs = ("encoder.down", "encoder.mid", "decoder.mid", "decoder.up")
 
     def __init__(self, cfg: AEConfig) -> None:
         super().__init__()

@@ -37,11 +37,16 @@ class HunyuanVAEConfig:
         if scale >= 1:
             return self
         return HunyuanVAEConfig(
-            in_channels=self.in_channels, latent_channels=self.latent_channels,
+            in_channels=self.in_channels,
+            latent_channels=self.latent_channels,
             block_out=tuple(scaled_dim(c, scale, 8) for c in self.block_out),
-            layers_per_block=self.layers_per_block, groups=8, spatial_ratio=self.spatial_ratio,
-            temporal_ratio=self.temporal_ratio, scaling_factor=self.scaling_factor,
-            tile_frames=self.tile_frames, tile_stride=self.tile_stride,
+            layers_per_block=self.layers_per_block,
+            groups=8,
+            spatial_ratio=self.spatial_ratio,
+            temporal_ratio=self.temporal_ratio,
+            scaling_factor=self.scaling_factor,
+            tile_frames=self.tile_frames,
+            tile_stride=self.tile_stride,
         )
 
     def level_strides(self) -> list[tuple[int, int, int] | None]:
@@ -63,7 +68,9 @@ HUNYUAN_VAE = HunyuanVAEConfig()
 class CausalConv3d(nn.Module):
     """Conv3d padded by replication: k-1 frames in front (causal), k//2 on each spatial side."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, ...] | int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, ...] | int = 1
+    ) -> None:
         super().__init__()
         self.pad = (kernel // 2, kernel // 2, kernel // 2, kernel // 2, kernel - 1, 0)
         self.conv = nn.Conv3d(cin, cout, kernel, stride)
@@ -111,20 +118,19 @@ class MidAttention(nn.Module):
         return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
 
 
-class MidBlock(nn.Module):
-    def __init__(self, c: int, groups: int) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList([ResBlock(c, c, groups), ResBlock(c, c, groups)])
-        self.attention = MidAttention(c, groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnets[1](self.attention(self.resnets[0](x)))
+def mid_block(c: int, groups: int) -> nn.ModuleList:
+    """ResNet → attention → ResNet at the lowest resolution (three residency units)."""
+    return nn.ModuleList([ResBlock(c, c, groups), MidAttention(c, groups), ResBlock(c, c, groups)])
 
 
 class DownLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n: int, groups: int, stride: tuple[int, int, int] | None) -> None:
+    def __init__(
+        self, cin: int, cout: int, n: int, groups: int, stride: tuple[int, int, int] | None
+    ) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(ResBlock(cin if i == 0 else cout, cout, groups) for i in range(n))
+        self.resnets = nn.ModuleList(
+            ResBlock(cin if i == 0 else cout, cout, groups) for i in range(n)
+        )
         self.downsample = CausalConv3d(cout, cout, 3, stride) if stride else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +140,14 @@ class DownLevel(nn.Module):
 
 
 class UpLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, n: int, groups: int, factor: tuple[int, int, int] | None) -> None:
+    def __init__(
+        self, cin: int, cout: int, n: int, groups: int, factor: tuple[int, int, int] | None
+    ) -> None:
         super().__init__()
         self.factor = factor
-        self.resnets = nn.ModuleList(ResBlock(cin if i == 0 else cout, cout, groups) for i in range(n))
+        self.resnets = nn.ModuleList(
+            ResBlock(cin if i == 0 else cout, cout, groups) for i in range(n)
+        )
         self.upsample = CausalConv3d(cout, cout) if factor else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,15 +172,15 @@ class Encoder(nn.Module):
             DownLevel(chans[max(i - 1, 0)], chans[i], cfg.layers_per_block, g, s)
             for i, s in enumerate(cfg.level_strides())
         )
-        self.mid = MidBlock(chans[-1], g)
+        self.mid = mid_block(chans[-1], g)
         self.norm_out = nn.GroupNorm(g, chans[-1], eps=1e-6)
         self.conv_out = CausalConv3d(chans[-1], 2 * cfg.latent_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
-        for level in self.down:
-            x = level(x)
-        return self.conv_out(F.silu(self.norm_out(self.mid(x))))
+        for block in (*self.down, *self.mid):
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
 
 
 class Decoder(nn.Module):
@@ -178,7 +188,7 @@ class Decoder(nn.Module):
         super().__init__()
         chans, g = tuple(reversed(cfg.block_out)), cfg.groups
         self.conv_in = CausalConv3d(cfg.latent_channels, chans[0])
-        self.mid = MidBlock(chans[0], g)
+        self.mid = mid_block(chans[0], g)
         # Same rule as the encoder (diffusers): levels 0-2 double space, levels 1-2 also time.
         self.up = nn.ModuleList(
             UpLevel(chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, g, f)
@@ -188,21 +198,29 @@ class Decoder(nn.Module):
         self.conv_out = CausalConv3d(chans[-1], cfg.in_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.mid(self.conv_in(z))
-        for level in self.up:
-            x = level(x)
+        x = self.conv_in(z)
+        for block in (*self.mid, *self.up):
+            x = block(x)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
 def _blend_frames(a: torch.Tensor, b: torch.Tensor, extent: int) -> torch.Tensor:
     extent = min(a.shape[2], b.shape[2], extent)
     w = (torch.arange(extent, device=b.device, dtype=b.dtype) / extent).view(1, 1, -1, 1, 1)
-    return torch.cat([a[:, :, a.shape[2] - extent :] * (1 - w) + b[:, :, :extent] * w, b[:, :, extent:]], 2)
+    return torch.cat(
+        [a[:, :, a.shape[2] - extent :] * (1 - w) + b[:, :, :extent] * w, b[:, :, extent:]], 2
+    )
 
 
 def _over_time_tiles(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, stride: int,
-    out_stride: int, blend: int, out_frames: int,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    tile: int,
+    stride: int,
+    out_stride: int,
+    blend: int,
+    out_frames: int,
 ) -> torch.Tensor:
     # Tiles of tile+1 frames every `stride` frames; each later tile drops its first output
     # frame, is blended with the previous tile over `blend` frames and keeps `out_stride`.
@@ -218,9 +236,10 @@ def _over_time_tiles(
 
 class HunyuanVideoVAE(ResidencyComponent):
     """Video VAE: `encode` [B, 3, F, H, W] → [B, 16, (F-1)/4+1, H/8, W/8] (posterior mean ×
-    scaling factor), `decode` the inverse. Units: encoder and decoder resolution levels."""
+    scaling factor), `decode` the inverse. Units: encoder levels and mid blocks, decoder mid
+    blocks and levels."""
 
-    block_attrs = ("encoder.down", "decoder.up")
+    block_attrs = ("encoder.down", "encoder.mid", "decoder.mid", "decoder.up")
 
     def __init__(self, cfg: HunyuanVAEConfig) -> None:
         super().__init__()
@@ -243,8 +262,12 @@ class HunyuanVideoVAE(ResidencyComponent):
         if frames > cfg.tile_frames:
             r = cfg.temporal_ratio
             moments = _over_time_tiles(
-                self._encode_tile, x, tile=cfg.tile_frames, stride=cfg.tile_stride,
-                out_stride=cfg.tile_stride // r, blend=(cfg.tile_frames - cfg.tile_stride) // r,
+                self._encode_tile,
+                x,
+                tile=cfg.tile_frames,
+                stride=cfg.tile_stride,
+                out_stride=cfg.tile_stride // r,
+                blend=(cfg.tile_frames - cfg.tile_stride) // r,
                 out_frames=(frames - 1) // r + 1,
             )
         else:
@@ -256,8 +279,12 @@ class HunyuanVideoVAE(ResidencyComponent):
         z = z.to(self.post_quant_conv.weight.dtype) / cfg.scaling_factor
         if z.shape[2] > cfg.tile_frames // r:
             return _over_time_tiles(
-                self._decode_tile, z, tile=cfg.tile_frames // r, stride=cfg.tile_stride // r,
-                out_stride=cfg.tile_stride, blend=cfg.tile_frames - cfg.tile_stride,
+                self._decode_tile,
+                z,
+                tile=cfg.tile_frames // r,
+                stride=cfg.tile_stride // r,
+                out_stride=cfg.tile_stride,
+                blend=cfg.tile_frames - cfg.tile_stride,
                 out_frames=(z.shape[2] - 1) * r + 1,
             )
         return self._decode_tile(z)

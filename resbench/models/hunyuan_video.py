@@ -66,12 +66,21 @@ class HunyuanVideoConfig:
         head_dim = scaled_dim(self.hidden // self.heads, scale**0.5, 8)
         # Text widths follow the encoders built at the same scale.
         return HunyuanVideoConfig(
-            in_channels=self.in_channels, out_channels=self.out_channels, hidden=heads * head_dim,
-            heads=heads, mlp_ratio=self.mlp_ratio, depth=scaled_count(self.depth, scale),
-            depth_single=scaled_count(self.depth_single, scale), depth_refiner=self.depth_refiner,
-            text_dim=LLAMA3_8B.scaled(scale).dim, pooled_dim=CLIP_L14.scaled(scale).dim,
-            patch_t=self.patch_t, patch_s=self.patch_s, axes_dim=scaled_axes(self.axes_dim, head_dim),
-            theta=self.theta, default_guidance=self.default_guidance,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            hidden=heads * head_dim,
+            heads=heads,
+            mlp_ratio=self.mlp_ratio,
+            depth=scaled_count(self.depth, scale),
+            depth_single=scaled_count(self.depth_single, scale),
+            depth_refiner=self.depth_refiner,
+            text_dim=LLAMA3_8B.scaled(scale).dim,
+            pooled_dim=CLIP_L14.scaled(scale).dim,
+            patch_t=self.patch_t,
+            patch_s=self.patch_s,
+            axes_dim=scaled_axes(self.axes_dim, head_dim),
+            theta=self.theta,
+            default_guidance=self.default_guidance,
         )
 
 
@@ -152,7 +161,9 @@ class HunyuanVideoTransformer(ResidencyComponent):
         )
         self.final_layer = FinalLayer(cfg.hidden, cfg.out_channels * patch)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         cfg, dtype = self.cfg, self.img_in.weight.dtype
         b, _, frames, h, w = x.shape
         t = t.to(x.device)
@@ -203,25 +214,49 @@ HUNYUAN_VIDEO_SPEC = register(
         family="hunyuanvideo",
         description="HunyuanVideo 13B text-to-video: MMDiT, Llama-3-8B + CLIP-L, causal 3-D VAE",
         components=(
-            ComponentSpec("text_encoder", "text_encoder", _llm, 7_505_186_816,
-                          "Llama-3-8B (llava-llama-3-8b LM, no lm_head), hidden state [-3]",
-                          dtype=torch.float16, text_len=LLM_TEXT_LEN + LLM_TEMPLATE_TOKENS,
-                          vocab_size=LLAMA3_8B.vocab),
-            ComponentSpec("text_encoder_2", "text_encoder", _clip, 123_060_480,
-                          "CLIP ViT-L/14 text encoder (pooled output)", dtype=torch.float16,
-                          text_len=77, vocab_size=CLIP_L14.vocab),
-            ComponentSpec("transformer", "dit", _transformer, 12_821_012_544,
-                          "HunyuanVideo DiT: 2 refiner + 20 double + 40 single blocks, 3072 wide"),
-            ComponentSpec("vae", "vae", _vae, 246_478_803,
-                          "HunyuanVideo causal 3-D VAE (884-16c), temporal tiles of 16 frames",
-                          dtype=torch.float16),
+            ComponentSpec(
+                "text_encoder",
+                "text_encoder",
+                _llm,
+                7_505_186_816,
+                "Llama-3-8B (llava-llama-3-8b LM, no lm_head), hidden state [-3]",
+                dtype=torch.float16,
+                text_len=LLM_TEXT_LEN + LLM_TEMPLATE_TOKENS,
+                vocab_size=LLAMA3_8B.vocab,
+            ),
+            ComponentSpec(
+                "text_encoder_2",
+                "text_encoder",
+                _clip,
+                123_060_480,
+                "CLIP ViT-L/14 text encoder (pooled output)",
+                dtype=torch.float16,
+                text_len=77,
+                vocab_size=CLIP_L14.vocab,
+            ),
+            ComponentSpec(
+                "transformer",
+                "dit",
+                _transformer,
+                12_821_012_544,
+                "HunyuanVideo DiT: 2 refiner + 20 double + 40 single blocks, 3072 wide",
+            ),
+            ComponentSpec(
+                "vae",
+                "vae",
+                _vae,
+                246_478_803,
+                "HunyuanVideo causal 3-D VAE (884-16c), temporal tiles of 16 frames",
+                dtype=torch.float16,
+            ),
         ),
         text_encoders=("text_encoder", "text_encoder_2"),
         dits=("transformer",),
         vae="vae",
         latent=LatentGeometry(z_channels=16, vae_stride_t=4, vae_stride_s=8, patch_t=1, patch_s=2),
-        defaults=SamplingDefaults(height=720, width=1280, frames=129, steps=50, guidance=6.0,
-                                  shift=7.0, cfg=False),
+        defaults=SamplingDefaults(
+            height=720, width=1280, frames=129, steps=50, guidance=6.0, shift=7.0, cfg=False
+        ),
         aliases=("hunyuan-video",),
         validate=size_and_frame_rule("hunyuanvideo", size_multiple=16, frame_step=4),
         notes=(

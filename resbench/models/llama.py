@@ -35,14 +35,31 @@ class DecoderConfig:
         kv_heads = max(1, round(self.kv_heads * scale))
         heads = max(2, kv_heads * max(1, round(self.heads * scale) // kv_heads))
         head_dim = scaled_dim(self.head_dim, scale**0.5, 8)
-        return DecoderConfig(vocab=scaled_dim(self.vocab, scale, 64), dim=heads * head_dim,
-                             ffn=scaled_dim(self.ffn, scale, 8), heads=heads, kv_heads=kv_heads,
-                             head_dim=head_dim, layers=scaled_count(self.layers, scale),
-                             qkv_bias=self.qkv_bias, rope_theta=self.rope_theta, eps=self.eps)
+        return DecoderConfig(
+            vocab=scaled_dim(self.vocab, scale, 64),
+            dim=heads * head_dim,
+            ffn=scaled_dim(self.ffn, scale, 8),
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            layers=scaled_count(self.layers, scale),
+            qkv_bias=self.qkv_bias,
+            rope_theta=self.rope_theta,
+            eps=self.eps,
+        )
 
 
-LLAMA3_8B = DecoderConfig(vocab=128_320, dim=4096, ffn=14336, heads=32, kv_heads=8, head_dim=128,
-                          layers=32, rope_theta=500_000.0, eps=1e-5)
+LLAMA3_8B = DecoderConfig(
+    vocab=128_320,
+    dim=4096,
+    ffn=14336,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    layers=32,
+    rope_theta=500_000.0,
+    eps=1e-5,
+)
 
 
 class DecoderLayer(nn.Module):

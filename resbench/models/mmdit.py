@@ -27,7 +27,9 @@ from torch import nn
 from resbench.models.layers import RMSNorm, apply_rope, attention
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int = 256, max_period: float = 10000.0
+) -> torch.Tensor:
     """Sinusoidal embedding [B, dim] of `t` [B] as (cos, sin) halves, in float32."""
     half = dim // 2
     exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
@@ -99,13 +101,17 @@ class Stream(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         shift, scale = mods[0], mods[1]
         b, n, _ = x.shape
-        q, k, v = self.qkv(modulate(layer_norm(x), shift, scale)).view(b, n, 3, self.heads, -1).unbind(2)
+        q, k, v = (
+            self.qkv(modulate(layer_norm(x), shift, scale)).view(b, n, 3, self.heads, -1).unbind(2)
+        )
         q, k = self.q_norm(q), self.k_norm(k)
         if angles is not None:
             q, k = apply_rope(q, angles), apply_rope(k, angles)
         return q, k, v
 
-    def finish(self, x: torch.Tensor, attn_out: torch.Tensor, mods: Sequence[torch.Tensor]) -> torch.Tensor:
+    def finish(
+        self, x: torch.Tensor, attn_out: torch.Tensor, mods: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
         gate1, shift2, scale2, gate2 = mods[2:]
         x = x + gate1 * self.proj(attn_out)
         return x + gate2 * self.mlp(modulate(layer_norm(x), shift2, scale2))
@@ -147,7 +153,9 @@ class SingleStreamBlock(nn.Module):
         self.q_norm = RMSNorm(dim // heads)
         self.k_norm = RMSNorm(dim // heads)
 
-    def forward(self, x: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor | None
+    ) -> torch.Tensor:
         shift, scale, gate = self.modulation(vec)
         b, n, _ = x.shape
         qkv, mlp = self.linear1(modulate(layer_norm(x), shift, scale)).split(

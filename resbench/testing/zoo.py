@@ -79,7 +79,11 @@ def run_tiny(
 
     geo = spec.latent
     h, w = height // geo.vae_stride_s, width // geo.vae_stride_s
-    shape = (1, geo.z_channels, geo.latent_frames(frames), h, w) if spec.is_video else (1, geo.z_channels, h, w)
+    shape = (
+        (1, geo.z_channels, geo.latent_frames(frames), h, w)
+        if spec.is_video
+        else (1, geo.z_channels, h, w)
+    )
     latents = torch.randn(shape, generator=gen)
     velocity = {}
     for name in spec.dits:

@@ -24,7 +24,9 @@ def test_full_size_counts_match_computed():
 
 
 def test_refiner_blocks_are_their_own_units_and_run_first():
-    units = unit_infos("transformer", build_component(get_model("hunyuanvideo").component("transformer")))
+    units = unit_infos(
+        "transformer", build_component(get_model("hunyuanvideo").component("transformer"))
+    )
     names = [u.name for u in units]
     assert names[:3] == ["token_refiner.blocks.0", "token_refiner.blocks.1", "double_blocks.0"]
     assert len(units) == 2 + 20 + 40 + 1
