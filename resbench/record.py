@@ -301,7 +301,8 @@ def record_schedule(spec: ModelSpec, request: Request, *, scale: float = 1.0,
     stage_order = tuple(dict.fromkeys(st.name for st in pipe.stages()))
     return Schedule(model=spec.name, scale=scale, request=dataclasses.asdict(request), units=units,
                     uses=tuple(pipe.uses()), stage_order=stage_order, calls=calls,
-                    state_bytes=recorder.state_bytes)
+                    state_bytes=recorder.state_bytes,
+                    component_kinds=tuple((c.name, c.kind) for c in spec.components))
 
 
 def timed_record(spec: ModelSpec, request: Request, *, scale: float = 1.0) -> tuple[Schedule, float]:

@@ -78,6 +78,12 @@ class Schedule:
     stage_order: tuple[str, ...]
     calls: tuple[UnitCall, ...]
     state_bytes: int = 0
+    component_kinds: tuple[tuple[str, str], ...] = ()
+    """(component, kind) pairs: text_encoder | dit | vae (plans address kinds as groups)."""
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return dict(self.component_kinds)
 
     def unit(self, component: str, name: str) -> UnitInfo:
         for u in self.units:

@@ -1,0 +1,144 @@
+"""`SimDevice`: a discrete-event model of one GPU — a compute stream, copy engines, a ledger.
+
+Clocks (seconds of virtual time):
+
+* the compute stream runs unit calls back to back; a call starts when the previous one
+  ended and every transfer it waits on has landed;
+* H2D and D2H copies run on copy engines (one shared engine unless the profile says the
+  card copies both ways at once); a copy starts when its engine is free and the host has
+  issued it. The host is modelled in lockstep with the compute stream: a copy issued while
+  the manager prepares call *i* cannot start before call *i* could (the CUDA device orders
+  staging-buffer reuse with events, which this reproduces);
+* a pageable copy blocks the host, so compute issued after it waits for it too.
+
+Memory is the same program-order ledger as the CPU device, against the budget: weights
+(rounded up to the allocator's block size), staging pools, request state and each call's
+activation peak while it runs. A plan that does not fit raises `DoesNotFitError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from resbench.devices.base import Ledger, Transfer, UnitKey
+from resbench.hardware import HardwareProfile
+from resbench.schedule import UnitCall
+
+
+class SimDevice:
+    name = "sim"
+    kind = "sim"
+
+    def __init__(self, profile: HardwareProfile, *, unit_bytes: dict[UnitKey, int],
+                 call_times_s: Sequence[float], capacity_bytes: int | None = None,
+                 state_bytes: int = 0) -> None:
+        self.profile = profile
+        capacity = profile.usable_bytes if capacity_bytes is None else capacity_bytes
+        capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
+        self.ledger = Ledger(capacity, reserved_bytes=state_bytes)
+        rounding = max(1, profile.allocator_rounding_bytes)
+        self._bytes = {k: -(-n // rounding) * rounding for k, n in unit_bytes.items()}
+        self._raw_bytes = unit_bytes
+        self._call_times = call_times_s
+        self._pinned: dict[UnitKey, bool] = {}
+        self.compute_t = 0.0
+        self.h2d_free_t = 0.0
+        self.d2h_free_t = 0.0
+        self.busy_compute_s = 0.0
+        self.h2d_busy_s = 0.0
+        self._slowdown = profile.copy_compute_slowdown
+        self._duplex = profile.duplex_copies and profile.copy_engines >= 2
+        self._latency = profile.transfer_latency_s
+        self._bw = {(d, p): profile.bandwidth_bytes_per_s(d, p)
+                    for d in ("h2d", "d2h") for p in (True, False)}
+
+    # -- host ------------------------------------------------------------------------------------
+    def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None:
+        self._pinned[key] = pinned
+
+    def pinned_bytes(self) -> int:
+        return sum(self._raw_bytes[k] for k, p in self._pinned.items() if p)
+
+    def place_unmanaged(self, key: UnitKey) -> None:
+        self.ledger.place(key, self._bytes[key], None)
+
+    # -- copies ----------------------------------------------------------------------------------
+    def _copy_time(self, key: UnitKey, direction: str) -> float:
+        pinned = self._pinned.get(key, True)
+        return self._latency + self._raw_bytes[key] / self._bw[(direction, pinned)]
+
+    def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer:
+        self.ledger.place(key, self._bytes[key], pool)
+        start = max(self.h2d_free_t, self.compute_t)
+        end = start + self._copy_time(key, "h2d")
+        self.h2d_free_t = end
+        if not self._duplex:
+            self.d2h_free_t = end
+        self.h2d_busy_s += end - start
+        if not self._pinned.get(key, True):
+            self.compute_t = end  # pageable: the host thread blocks until the copy is done
+            return Transfer(key, self._raw_bytes[key], start, end, "h2d", "compute")
+        return Transfer(key, self._raw_bytes[key], start, end, "h2d", "h2d")
+
+    def wait(self, transfer: Transfer) -> Any:
+        at = self.compute_t
+        if transfer.end > self.compute_t:
+            self.compute_t = transfer.end
+        return at
+
+    def drop(self, key: UnitKey) -> None:
+        self.ledger.remove(key, self._bytes[key])
+
+    def d2h(self, key: UnitKey) -> Transfer:
+        start = max(self.d2h_free_t, self.compute_t)
+        end = start + self._copy_time(key, "d2h")
+        self.d2h_free_t = end
+        if not self._duplex:
+            self.h2d_free_t = end
+        self.ledger.remove(key, self._bytes[key])
+        return Transfer(key, self._raw_bytes[key], start, end, "d2h", "d2h")
+
+    def on_device(self, key: UnitKey) -> bool:
+        return key in self.ledger.where
+
+    def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
+        rounding = max(1, self.profile.allocator_rounding_bytes)
+        self.ledger.alloc_pool(name, -(-slot_bytes // rounding) * rounding, slots)
+
+    def free_pool(self, name: str) -> None:
+        self.ledger.free_pool(name)
+
+    # -- compute ---------------------------------------------------------------------------------
+    def compute_begin(self, call: UnitCall) -> Any:
+        if call.activation_bytes:
+            self.ledger.charge(call.activation_bytes, (call.component, call.unit),
+                               f"activations of {call.component}.{call.unit}")
+        start = self.compute_t
+        duration = self._call_times[call.index]
+        if self._slowdown and self.h2d_free_t > start:
+            duration *= 1.0 + self._slowdown
+        self.compute_t = start + duration
+        self.busy_compute_s += duration
+        return start
+
+    def compute_end(self, call: UnitCall) -> Any:
+        if call.activation_bytes:
+            self.ledger.credit(call.activation_bytes)
+        return self.compute_t
+
+    # -- ledger and clock ------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        return self.ledger.used
+
+    def free_bytes(self) -> int:
+        return self.ledger.capacity_bytes - self.ledger.used
+
+    def peak_bytes(self) -> int:
+        return self.ledger.peak
+
+    def now(self) -> float:
+        return self.compute_t
+
+    def resolve(self, token: Any) -> float:
+        return float(token)
