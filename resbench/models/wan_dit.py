@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resbench.models.base import ResidencyComponent, scaled_count, scaled_dim
-from resbench.models.layers import RMSNorm, apply_rope, attention, rope_frequencies
+from resbench.models.layers import RMSNorm, attention
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,18 +109,34 @@ def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
-def rope_angles_3d(head_dim: int, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-    """[F·H·W, head_dim/2] rotary angles; the head dim is split over (time, height, width)."""
+def rope_freqs_3d(head_dim: int, grid: tuple[int, int, int], device: torch.device,
+                  theta: float = 10000.0) -> torch.Tensor:
+    """[F·H·W, head_dim/2] complex128 rotations; the head dim is split over (time, height, width)."""
     f, h, w = grid
     d_s = 2 * (head_dim // 6)
     d_t = head_dim - 2 * d_s
-    axes = (rope_frequencies(d_t, f), rope_frequencies(d_s, h), rope_frequencies(d_s, w))
+
+    def axis(d: int, n: int) -> torch.Tensor:
+        inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        return torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv)
+
     angles = torch.cat([
-        axes[0][:, None, None].expand(f, h, w, -1),
-        axes[1][None, :, None].expand(f, h, w, -1),
-        axes[2][None, None, :].expand(f, h, w, -1),
-    ], dim=-1)
-    return angles.reshape(f * h * w, head_dim // 2).to(device)
+        axis(d_t, f)[:, None, None].expand(f, h, w, -1),
+        axis(d_s, h)[None, :, None].expand(f, h, w, -1),
+        axis(d_s, w)[None, None, :].expand(f, h, w, -1),
+    ], dim=-1).reshape(f * h * w, head_dim // 2)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope_f64(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of `x` [B, L, H, D] by `freqs` [L, D/2] in complex128, return float32.
+
+    The original (W22 `rope_apply`) works in float64, so its transient memory is two float64
+    copies of q (or k); this keeps that peak rather than the float32 one of `layers.apply_rope`.
+    """
+    b, n, h, d = x.shape
+    xc = torch.view_as_complex(x.to(torch.float64).reshape(b, n, h, d // 2, 2))
+    return torch.view_as_real(xc * freqs[None, :, None]).flatten(3).float()
 
 
 class WanAttention(nn.Module):
@@ -137,14 +153,16 @@ class WanAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                angles: torch.Tensor | None = None) -> torch.Tensor:
+                freqs: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         src = x if context is None else context
         q = self.norm_q(self.q(x)).view(b, n, self.heads, -1)
         k = self.norm_k(self.k(src)).view(b, src.shape[1], self.heads, -1)
         v = self.v(src).view(b, src.shape[1], self.heads, -1)
-        if angles is not None:
-            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if freqs is not None:
+            # the original hands float32 q, k to flash attention, which casts them back
+            q = apply_rope_f64(q, freqs).to(v.dtype)
+            k = apply_rope_f64(k, freqs).to(v.dtype)
         return self.o(attention(q, k, v))
 
 
@@ -164,11 +182,12 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 6, dim))
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
-                angles: torch.Tensor) -> torch.Tensor:
-        """x [B, L, dim], e0 [B, L or 1, 6, dim] float32, context [B, Lt, dim], angles [L, hd/2]."""
+                freqs: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim], e0 [B, L or 1, 6, dim] float32, context [B, Lt, dim], freqs [L, hd/2]
+        complex128 (`rope_freqs_3d`)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (
             self.modulation.float().unsqueeze(0) + e0).unbind(2)
-        y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, angles=angles)
+        y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, freqs=freqs)
         x = x + y * gate1
         x = x + self.cross_attn(self.norm3(x), context=context)
         y = self.ffn(self.norm2(x).float() * (1 + scale2) + shift2)
@@ -230,9 +249,9 @@ class WanDiT(ResidencyComponent):
         e0 = self.time_projection(e).unflatten(2, (6, cfg.dim))
 
         context = self.text_embedding(cond["text_encoder"])
-        angles = rope_angles_3d(cfg.head_dim, (f, h, w), x.device)
+        freqs = rope_freqs_3d(cfg.head_dim, (f, h, w), x.device)
         for block in self.blocks:
-            x = block(x, e0, context, angles)
+            x = block(x, e0, context, freqs)
         x = self.head(x, e)
         return self.unpatchify(x, (f, h, w))
 

@@ -82,9 +82,9 @@ def test_one_14b_block_flops_match_the_analytic_count() -> None:
         x = torch.empty(1, tokens, dim)
         e0 = torch.empty(1, tokens, 6, dim)
         context = torch.empty(1, text, dim, dtype=torch.bfloat16)
-        angles = torch.empty(tokens, 64)
+        freqs = torch.empty(tokens, 64, dtype=torch.complex128)
         with FlopCounterMode(display=False) as counter:
-            block(x, e0, context, angles)
+            block(x, e0, context, freqs)
     analytic = (2 * tokens * 4 * dim**2 + 4 * tokens**2 * dim
                 + 2 * tokens * 2 * dim**2 + 2 * text * 2 * dim**2 + 4 * tokens * text * dim
                 + 2 * tokens * 2 * dim * ffn)
