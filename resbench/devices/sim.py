@@ -42,6 +42,7 @@ class SimDevice:
         self._raw_bytes = unit_bytes
         self._call_times = call_times_s
         self._pinned: dict[UnitKey, bool] = {}
+        self._pinned_total = 0
         self.compute_t = 0.0
         self.h2d_free_t = 0.0
         self.d2h_free_t = 0.0
@@ -55,10 +56,14 @@ class SimDevice:
 
     # -- host ------------------------------------------------------------------------------------
     def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None:
+        if self._pinned.get(key):
+            self._pinned_total -= self._raw_bytes[key]
         self._pinned[key] = pinned
+        if pinned:
+            self._pinned_total += self._raw_bytes[key]
 
     def pinned_bytes(self) -> int:
-        return sum(self._raw_bytes[k] for k, p in self._pinned.items() if p)
+        return self._pinned_total
 
     def place_unmanaged(self, key: UnitKey) -> None:
         self.ledger.place(key, self._bytes[key], None)

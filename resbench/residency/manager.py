@@ -343,7 +343,9 @@ class ResidencyManager:
         self.device.place_unmanaged(key)
 
     def _memory(self) -> None:
-        self.tracer.memory(self.device.now(), self.device.used_bytes(), self.device.pinned_bytes())
+        if self.tracer.enabled:
+            self.tracer.memory(self.device.now(), self.device.used_bytes(),
+                               self.device.pinned_bytes())
 
     # -- checks ------------------------------------------------------------------------------
     def leftover_units(self) -> list[UnitKey]:
