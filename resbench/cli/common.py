@@ -96,7 +96,7 @@ def emit(
             doc[title] = frame_records(frame)
         click.echo(json.dumps(doc, indent=2, default=str))
         return
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=200)
     for line in lines:
         console.print(line, highlight=False)
     for title, frame in tables:

@@ -1,0 +1,100 @@
+"""`resbench profile`: run a request under a plan (simulator by default without a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from resbench.cli.common import (
+    SIZE,
+    emit,
+    json_option,
+    model_option,
+    request_options,
+    request_overrides,
+    stderr,
+)
+from resbench.profile import run_profile, stage_summary
+from resbench.units import describe_bytes, format_bytes
+
+
+@click.command("profile")
+@model_option
+@click.option("--plan", default=None, help="Plan TOML file or preset name (default: sglang-wan2.2).")
+@click.option("--budget", type=SIZE, default=None, help="Device memory budget, e.g. 48GB or 44.7GiB.")
+@click.option("--device", type=click.Choice(["auto", "sim", "cuda", "cpu"]), default="auto",
+              help="auto: the GPU if there is one, else the simulator.")
+@click.option("--hardware", default=None, help="Hardware preset or profile TOML (default: detect, else h100-80g).")
+@click.option("--scale", type=float, default=1.0, help="Shrink the model (tests, --device cpu).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the trace and report (default runs/<model>-<device>-<plan>).")
+@request_options
+@json_option
+def command(model: str, plan: str | None, budget: int | None, device: str, hardware: str | None,
+            scale: float, out_dir: Path | None, as_json: bool, **kwargs: object) -> None:
+    """Run one request under one plan and show where its time went."""
+    if device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            stderr.print("no GPU found: using the simulator (--device sim)")
+    if budget is not None:
+        stderr.print(f"budget {describe_bytes(budget)}")
+    res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
+                      scale=scale, **request_overrides(kwargs))
+    out_dir = out_dir or Path("runs") / f"{res.model}-{res.device}-{res.plan.name}"
+    paths = write_outputs(res, out_dir)
+    r = res.request
+    achieved = _achieved_h2d(res)
+    data = {
+        "model": res.model, "device": res.device, "hardware": res.hardware, "plan": res.plan.name,
+        "request": {"height": r.height, "width": r.width, "frames": r.frames, "steps": r.steps,
+                    "cfg": r.cfg, "cfg_mode": r.cfg_mode, "batch": r.batch},
+        "budget_bytes": res.budget_bytes, "latency_s": res.latency_s, "compute_s": res.compute_s,
+        "stall_s": res.stall_s, "h2d_bytes": res.h2d_bytes, "d2h_bytes": res.d2h_bytes,
+        "peak_device_bytes": res.peak_device_bytes, "pinned_host_bytes": res.pinned_host_bytes,
+        "achieved_h2d_bytes_per_s": achieved, "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    lines = [
+        f"[bold]{res.model}[/bold] {r.height}x{r.width}x{r.frames}, {r.steps} steps, "
+        f"cfg {'on' if r.cfg else 'off'} — plan [bold]{res.plan.name}[/bold] on {res.device}"
+        + (f" ({res.hardware})" if res.device == "sim" else ""),
+        f"latency {res.latency_s:.3f} s: compute {res.compute_s:.3f} s, stalled on transfers "
+        f"{res.stall_s:.3f} s",
+        f"moved H2D {format_bytes(res.h2d_bytes)}, D2H {format_bytes(res.d2h_bytes)}; "
+        f"peak device memory {format_bytes(res.peak_device_bytes)} of {format_bytes(res.budget_bytes)}; "
+        f"pinned host {format_bytes(res.pinned_host_bytes)}",
+    ]
+    if achieved == achieved and res.h2d_peak_bytes_per_s == res.h2d_peak_bytes_per_s:
+        lines.append(f"achieved H2D {achieved / 1e9:.1f} GB/s "
+                     f"({100 * achieved / res.h2d_peak_bytes_per_s:.0f}% of the {res.h2d_peak_bytes_per_s / 1e9:.1f} GB/s peak)")
+    lines += [f"{name}: {path}" for name, path in paths.items()]
+    emit(data, as_json=as_json, tables=[("stages", stage_summary(res.trace))], lines=lines)
+
+
+def _achieved_h2d(res: object) -> float:
+    trace = res.trace  # type: ignore[attr-defined]
+    loads = trace[(trace.kind == "load") & (trace.stream == "h2d")]
+    busy = float((loads.end_s - loads.t_s).sum())
+    return float(loads.bytes.sum()) / busy if busy > 0 else float("nan")
+
+
+def write_outputs(res: object, out_dir: Path) -> dict[str, Path]:
+    """Trace (Parquet or CSV), plan TOML; the run format and report when available."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    try:
+        from resbench.run import save_run
+    except ModuleNotFoundError:
+        save_run = None
+    if save_run is not None:
+        paths.update(save_run(out_dir, res))
+    else:
+        trace_path = out_dir / "trace.csv.gz"
+        res.trace.to_csv(trace_path, index=False)  # type: ignore[attr-defined]
+        paths["trace"] = trace_path
+        plan_path = out_dir / "plan.toml"
+        plan_path.write_text(res.plan.to_toml())  # type: ignore[attr-defined]
+        paths["plan"] = plan_path
+    return paths
