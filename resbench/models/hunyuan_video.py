@@ -24,7 +24,7 @@ from resbench.models.base import (
 from resbench.models.clip import CLIP_L14, CLIPTextEncoder
 from resbench.models.hunyuan_vae import HUNYUAN_VAE, HunyuanVideoVAE
 from resbench.models.layers import attention
-from resbench.models.llama import LLAMA3_8B, DecoderTextEncoder
+from resbench.models.llama import LLAMA3_8B, DecoderTextEncoder, scaled_prefix
 from resbench.models.mmdit import (
     DoubleStreamBlock,
     FinalLayer,
@@ -193,7 +193,9 @@ LLM_TEXT_LEN = 256
 
 
 def _llm(scale: float) -> nn.Module:
-    return DecoderTextEncoder(LLAMA3_8B.scaled(scale), skip_last=2, drop_prefix=LLM_TEMPLATE_TOKENS)
+    return DecoderTextEncoder(
+        LLAMA3_8B.scaled(scale), skip_last=2, drop_prefix=scaled_prefix(LLM_TEMPLATE_TOKENS, scale)
+    )
 
 
 def _clip(scale: float) -> nn.Module:

@@ -62,6 +62,12 @@ LLAMA3_8B = DecoderConfig(
 )
 
 
+def scaled_prefix(tokens: int, scale: float) -> int:
+    """Template tokens to drop at `scale`: the pipeline shortens prompts in proportion below
+    scale 1 (to ``max(16, round(text_len · scale))``), so the template shrinks with them."""
+    return tokens if scale >= 1 else round(tokens * scale)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()

@@ -4,7 +4,8 @@
   weight storage), its parameter count is within `rel_tol` of the published one, and its
   residency units partition the parameters.
 * `run_tiny`: each component, materialised at a small scale on CPU in float32, runs its
-  entry point on a small request with the right shapes and finite outputs.
+  entry point on a small request with the right shapes and finite outputs; then the whole
+  `Pipeline` runs one step of that request on the same modules.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from resbench.models.base import (
     materialize,
     unit_infos,
 )
+from resbench.pipeline import Pipeline, Request
 
 
 def check_full_size_on_meta(spec: ModelSpec, rel_tol: float = 0.02) -> dict[str, int]:
@@ -63,9 +65,17 @@ def tiny_modules(spec: ModelSpec, scale: float = 0.05) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def run_tiny(
-    spec: ModelSpec, *, height: int, width: int, frames: int = 1, scale: float = 0.05
+    spec: ModelSpec,
+    *,
+    height: int,
+    width: int,
+    frames: int = 1,
+    scale: float = 0.05,
+    pipeline: bool = True,
 ) -> TinyRun:
-    """Run every component once at `scale` on CPU and check shapes and finiteness."""
+    """Run every component once at `scale` on CPU and check shapes and finiteness; with
+    `pipeline`, also run one denoising step of the whole pipeline (its own prompt lengths,
+    CFG mode and dtypes) on the same modules."""
     modules = tiny_modules(spec, scale)
     gen = torch.Generator().manual_seed(0)
     text = {}
@@ -98,4 +108,10 @@ def run_tiny(
     assert torch.isfinite(pixels).all()
     encoded = vae.encode(pixels)
     assert encoded.shape == latents.shape and torch.isfinite(encoded).all()
+
+    if pipeline:
+        pipe = Pipeline(spec, modules, dtype=torch.float32, scale=scale)
+        request = Request.for_model(spec, height=height, width=width, frames=frames, steps=1)
+        output = pipe.run(request)
+        assert tuple(output.shape) == expected and torch.isfinite(output).all()
     return TinyRun(text, latents, velocity, pixels, encoded)

@@ -7,6 +7,7 @@ from resbench.errors import InputError
 from resbench.models import get_model
 from resbench.models.base import build_component, materialize, unit_infos
 from resbench.models.hunyuan_vae import HUNYUAN_VAE, HunyuanVideoVAE
+from resbench.models.llama import scaled_prefix
 from resbench.pipeline import Request
 from resbench.testing.zoo import check_full_size_on_meta, run_tiny
 
@@ -41,8 +42,16 @@ def test_refiner_blocks_are_their_own_units_and_run_first():
 def test_tiny_pipeline_runs():
     spec = get_model("hunyuanvideo")
     run = run_tiny(spec, height=32, width=48, frames=5)
-    assert run.text["text_encoder"].shape[1] == 256  # template tokens dropped
+    assert run.text["text_encoder"].shape[1] == 351 - scaled_prefix(95, 0.05)
     assert run.latents.shape[2] == 2
+
+
+def test_llm_drops_the_template_and_keeps_hidden_state_minus_3():
+    llm = build_component(get_model("hunyuanvideo").component("text_encoder"))
+    assert (llm.skip_last, llm.drop_prefix) == (2, 95)
+    with torch.device("meta"):
+        out = llm(torch.zeros(1, 351, dtype=torch.long))
+    assert out.shape == (1, 256, 4096)
 
 
 def test_vae_long_clips_go_through_temporal_tiles():
