@@ -1,0 +1,103 @@
+"""Seconds for unit calls and copies on a `HardwareProfile`.
+
+The model of one call `c` on profile `p`::
+
+    gpu_s(c) = sum over k in (gemm, attention, conv), where f_k > 0, of (f_k + half_k) / peak_k
+               + 2 · c.memory_bytes / p.hbm_bytes_per_s
+    cpu_s(c) = c.op_count · p.kernel_launch_s
+    time(c)  = max(gpu_s(c), cpu_s(c))
+
+* ``(f + half) / peak`` is ``f / throughput(f)`` with ``throughput(f) = peak·f / (f + half)``:
+  an op class reaches half its peak at `half` FLOPs per call, i.e. pays a fixed
+  ``half / peak`` seconds per call (~3 us for an H100's GEMMs).
+* `memory_bytes` counts the bytes written by memory-bound ops (norms, elementwise, copies);
+  each was read about once, hence the factor 2.
+* Eager PyTorch queues kernels ahead of the GPU, so the CPU's dispatch (~11 us an op on the
+  H100 machine, `resbench calibrate`) overlaps the GPU's work: a call costs the larger of the
+  two, not their sum. Small calls are dispatch-bound, large ones compute-bound.
+
+`overrides` maps (component, unit) to measured seconds of one call of that unit on the real
+card; an override replaces the model for every call of the unit.
+
+Copies cost ``transfer_latency_s + nbytes / bandwidth`` (`HardwareProfile.transfer_time_s`);
+slowdown of compute beside a copy (`copy_compute_slowdown`) is the simulator's to apply, as
+only it knows when spans overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from resbench.errors import InputError
+from resbench.hardware import Direction, HardwareProfile
+
+if TYPE_CHECKING:
+    from resbench.schedule import UnitCall
+
+
+def class_time_s(flops: float, peak_flops_per_s: float, half_flops: float) -> float:
+    """Seconds for `flops` of one op class: flops / (peak·f/(f + half)); 0 for no work."""
+    return (flops + half_flops) / peak_flops_per_s if flops > 0 else 0.0
+
+
+class CostModel:
+    """Unit-call and copy times on one profile. Cheap to build; `call_times` memoises."""
+
+    __slots__ = ("profile", "overrides", "_gemm", "_attention", "_conv", "_hbm", "_launch")
+
+    def __init__(self, profile: HardwareProfile,
+                 overrides: Mapping[tuple[str, str], float] | None = None) -> None:
+        self.profile = profile
+        self.overrides: dict[tuple[str, str], float] = {}
+        for key, seconds in (overrides or {}).items():
+            if not (isinstance(key, tuple) and len(key) == 2):
+                raise InputError(f"cost override key must be (component, unit), got {key!r}")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) \
+                    or not math.isfinite(seconds) or seconds < 0:
+                raise InputError(f"cost override for {key[0]}.{key[1]} must be seconds ≥ 0, "
+                                 f"got {seconds!r}")
+            self.overrides[key] = float(seconds)
+        p = profile
+        self._gemm = (p.gemm_flops_per_s, p.gemm_half_flops)
+        self._attention = (p.attention_flops_per_s, p.attention_half_flops)
+        self._conv = (p.conv_flops_per_s, p.conv_half_flops)
+        self._hbm = p.hbm_bytes_per_s
+        self._launch = p.kernel_launch_s
+
+    def modelled_time_s(self, gemm_flops: float, attention_flops: float, conv_flops: float,
+                        memory_bytes: float, op_count: int) -> float:
+        """The formula of the module docstring, without overrides."""
+        gpu_s = (class_time_s(gemm_flops, *self._gemm)
+                 + class_time_s(attention_flops, *self._attention)
+                 + class_time_s(conv_flops, *self._conv)
+                 + 2 * memory_bytes / self._hbm)
+        return max(gpu_s, op_count * self._launch)
+
+    def call_time_s(self, call: UnitCall) -> float:
+        override = self.overrides.get((call.component, call.unit))
+        if override is not None:
+            return override
+        return self.modelled_time_s(call.gemm_flops, call.attention_flops, call.conv_flops,
+                                    call.memory_bytes, call.op_count)
+
+    def call_times(self, calls: Iterable[UnitCall]) -> list[float]:
+        """`call_time_s` of each call, in order. Calls repeat across denoising steps, so
+        each distinct (unit, cost drivers) is computed once."""
+        memo: dict[tuple[object, ...], float] = {}
+        out = []
+        for c in calls:
+            key = (c.component, c.unit, c.gemm_flops, c.attention_flops, c.conv_flops,
+                   c.memory_bytes, c.op_count)
+            seconds = memo.get(key)
+            if seconds is None:
+                seconds = memo[key] = self.call_time_s(c)
+            out.append(seconds)
+        return out
+
+    def transfer_time_s(self, nbytes: int, direction: Direction, pinned: bool = True) -> float:
+        return self.profile.transfer_time_s(nbytes, direction, pinned)
+
+    def __repr__(self) -> str:
+        return f"CostModel({self.profile.name!r}, overrides={len(self.overrides)})"
