@@ -69,7 +69,7 @@ class CausalConv3d(nn.Module):
     """Conv3d padded by replication: k-1 frames in front (causal), k//2 on each spatial side."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, ...] | int = 1
+        self, cin: int, cout: int, kernel: int = 3, stride: int | tuple[int, int, int] = 1
     ) -> None:
         super().__init__()
         self.pad = (kernel // 2, kernel // 2, kernel // 2, kernel // 2, kernel - 1, 0)

@@ -7,6 +7,7 @@ Pre-RMSNorm, grouped-query attention with RoPE, SwiGLU MLP, causal mask, no lm_h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class DecoderTextEncoder(ResidencyComponent):
     pipelines crop (HunyuanVideo 95, Qwen-Image 34), so inputs must be longer than it.
     """
 
-    block_attrs = ("layers",)
+    block_attrs: ClassVar[tuple[str, ...]] = ("layers",)
 
     def __init__(self, cfg: DecoderConfig, *, skip_last: int = 0, drop_prefix: int = 0) -> None:
         super().__init__()

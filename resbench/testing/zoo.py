@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,8 @@ def run_tiny(
     text = {}
     for name in spec.text_encoders:
         comp, module = spec.component(name), modules[name]
-        vocab = min(comp.vocab_size, module.cfg.vocab)
+        cfg: Any = module.cfg
+        vocab = min(comp.vocab_size, cfg.vocab)
         ids = torch.randint(0, vocab, (1, comp.text_len), generator=gen)
         out = module(ids)
         assert out.shape[0] == 1 and torch.isfinite(out).all(), name
@@ -101,7 +103,7 @@ def run_tiny(
         assert out.shape == latents.shape and torch.isfinite(out).all(), name
         velocity[name] = out
 
-    vae = modules[spec.vae]
+    vae: Any = modules[spec.vae]
     pixels = vae.decode(latents)
     expected = (1, 3, frames, height, width) if spec.is_video else (1, 3, height, width)
     assert tuple(pixels.shape) == expected, (tuple(pixels.shape), expected)
