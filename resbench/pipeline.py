@@ -39,7 +39,7 @@ class Request:
         d = spec.defaults
         base = cls(height=d.height, width=d.width, frames=d.frames, steps=d.steps,
                    guidance=d.guidance, cfg=d.cfg, cfg_mode=d.cfg_mode)
-        request = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        request = replace(base, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
         validate_request(spec, request)
         return request
 

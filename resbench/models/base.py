@@ -150,12 +150,12 @@ def materialize(
         else:
             values = torch.randn(p.shape, generator=gen) * 0.02
         p.copy_(values.to(p.dtype))
-    for mod_name, mod in module.named_modules():
+    for mod in module.modules():
         init = getattr(mod, "_init_buffers", None)
         if callable(init):
             init()
         else:
-            for name, b in mod.named_buffers(recurse=False):
+            for b in mod.buffers(recurse=False):
                 if b is not None and b.device.type != "meta":
                     b.zero_()
     return module

@@ -1,0 +1,75 @@
+"""Tiny managed runs on the CPU device, shared by the residency tests."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from resbench.devices.cpu import CpuDevice
+from resbench.drivers.torch_driver import TorchDriver
+from resbench.models import get_model
+from resbench.models.base import build_component, materialize
+from resbench.pipeline import Pipeline, Request
+from resbench.record import record_schedule
+from resbench.residency import Plan, ResidencyManager
+from resbench.schedule import Schedule
+
+SCALE = 0.05
+
+
+def tiny_request(model: str) -> Request:
+    spec = get_model(model)
+    frames = 5 if spec.is_video else 1
+    if spec.name == "ltx-video":
+        frames = 9
+    size = 64 if spec.latent.vae_stride_s * spec.latent.patch_s > 16 else 32
+    return Request(height=size, width=size, frames=frames, steps=2, guidance=3.0,
+                   cfg=spec.defaults.cfg, cfg_mode=spec.defaults.cfg_mode)
+
+
+@functools.cache
+def tiny_schedule(model: str) -> Schedule:
+    return record_schedule(get_model(model), tiny_request(model), scale=SCALE, dtype=torch.float32)
+
+
+@functools.cache
+def _tiny_states(model: str) -> dict[str, dict[str, torch.Tensor]]:
+    spec = get_model(model)
+    return {c.name: materialize(build_component(c, SCALE), "cpu", seed=0).float().state_dict(keep_vars=False)
+            for c in spec.components}
+
+
+def tiny_components(model: str) -> dict[str, torch.nn.Module]:
+    """Fresh float32 modules with the model's seeded weights (materialised once per model)."""
+    spec = get_model(model)
+    out = {}
+    for c in spec.components:
+        module = build_component(c, SCALE).float().to_empty(device="cpu")
+        module.load_state_dict({k: v.clone() for k, v in _tiny_states(model)[c.name].items()},
+                               strict=False)
+        for mod in module.modules():
+            init = getattr(mod, "_init_buffers", None)
+            if callable(init):
+                init()
+        out[c.name] = module
+    return out
+
+
+@functools.cache
+def reference_output(model: str) -> torch.Tensor:
+    spec = get_model(model)
+    pipe = Pipeline(spec, tiny_components(model), dtype=torch.float32, scale=SCALE)
+    return pipe.run(tiny_request(model))
+
+
+def managed_run(model: str, plan: Plan, capacity_bytes: int = 1 << 62):
+    """Run `plan` on the CPU device; returns (output, manager, device)."""
+    spec = get_model(model)
+    components = tiny_components(model)
+    device = CpuDevice(components, capacity_bytes=capacity_bytes)
+    schedule = tiny_schedule(model)
+    manager = ResidencyManager(schedule, plan, device, kinds=schedule.kinds)
+    pipe = Pipeline(spec, components, dtype=torch.float32, scale=SCALE)
+    out = TorchDriver(pipe, manager).run(tiny_request(model))
+    return out, manager, device
