@@ -114,12 +114,13 @@ class Ledger:
         slots = self.pool_slots[pool]
         if nbytes > self.pool_bytes[pool]:
             raise ValueError(f"{key} ({nbytes} B) does not fit a slot of pool {pool}")
-        for i, occupant in enumerate(slots):
-            if occupant is None:
-                slots[i] = key
-                self.where[key] = pool
-                return i
-        raise RuntimeError(f"staging pool {pool} has no free slot for {key}: {slots}")
+        try:
+            i = slots.index(None)
+        except ValueError:
+            raise RuntimeError(f"staging pool {pool} has no free slot for {key}: {slots}") from None
+        slots[i] = key
+        self.where[key] = pool
+        return i
 
     def remove(self, key: UnitKey, nbytes: int) -> None:
         pool = self.where.pop(key)

@@ -53,6 +53,9 @@ class SimDevice:
         self._latency = profile.transfer_latency_s
         self._bw = {(d, p): profile.bandwidth_bytes_per_s(d, p)
                     for d in ("h2d", "d2h") for p in (True, False)}
+        # per unit, what an H2D copy of it costs: (seconds, stream, bytes); units count as
+        # pinned until registered otherwise
+        self._h2d: dict[UnitKey, tuple[float, str, int]] = {k: self._h2d_of(k) for k in unit_bytes}
 
     # -- host ------------------------------------------------------------------------------------
     def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None:
@@ -61,6 +64,7 @@ class SimDevice:
         self._pinned[key] = pinned
         if pinned:
             self._pinned_total += self._raw_bytes[key]
+        self._h2d[key] = self._h2d_of(key)
 
     def pinned_bytes(self) -> int:
         return self._pinned_total
@@ -73,18 +77,22 @@ class SimDevice:
         pinned = self._pinned.get(key, True)
         return self._latency + self._raw_bytes[key] / self._bw[(direction, pinned)]
 
+    def _h2d_of(self, key: UnitKey) -> tuple[float, str, int]:
+        stream = "h2d" if self._pinned.get(key, True) else "compute"
+        return self._copy_time(key, "h2d"), stream, self._raw_bytes[key]
+
     def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer:
+        seconds, stream, nbytes = self._h2d[key]
         self.ledger.place(key, self._bytes[key], pool)
-        start = max(self.h2d_free_t, self.compute_t)
-        end = start + self._copy_time(key, "h2d")
+        start = self.h2d_free_t if self.h2d_free_t > self.compute_t else self.compute_t
+        end = start + seconds
         self.h2d_free_t = end
         if not self._duplex:
             self.d2h_free_t = end
         self.h2d_busy_s += end - start
-        if not self._pinned.get(key, True):
+        if stream == "compute":
             self.compute_t = end  # pageable: the host thread blocks until the copy is done
-            return Transfer(key, self._raw_bytes[key], start, end, "h2d", "compute")
-        return Transfer(key, self._raw_bytes[key], start, end, "h2d", "h2d")
+        return Transfer(key, nbytes, start, end, "h2d", stream)
 
     def wait(self, transfer: Transfer) -> Any:
         at = self.compute_t
@@ -117,8 +125,10 @@ class SimDevice:
     # -- compute ---------------------------------------------------------------------------------
     def compute_begin(self, call: UnitCall) -> Any:
         if call.activation_bytes:
+            # build the error's wording only when the charge is going to fail
+            fits = call.activation_bytes <= self.ledger.capacity_bytes - self.ledger.used
             self.ledger.charge(call.activation_bytes, (call.component, call.unit),
-                               f"activations of {call.component}.{call.unit}")
+                               "" if fits else f"activations of {call.component}.{call.unit}")
         start = self.compute_t
         duration = self._call_times[call.index]
         if self._slowdown and self.h2d_free_t > start:

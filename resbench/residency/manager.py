@@ -19,70 +19,43 @@ do the work, and every action goes through the helpers below so it is traced uni
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from resbench.devices.base import Device, Transfer, UnitKey
-from resbench.models.base import UnitInfo
+from resbench.residency.index import ScheduleIndex, UseInterval, use_intervals
 from resbench.residency.plan import Plan
 from resbench.residency.policies import POLICIES, Policy
-from resbench.residency.strategies import STRATEGIES, DisabledConfig, LayerwiseStrategy, Strategy
-from resbench.schedule import ComponentUse, Schedule, UnitCall
+from resbench.residency.strategies import STRATEGIES, DisabledConfig, Strategy
+from resbench.schedule import Schedule, UnitCall
 from resbench.trace import Tracer
 
-
-@dataclass(frozen=True, slots=True)
-class UseInterval:
-    index: int
-    stage: str
-    component: str
-    first: int  # index of the first call
-    last: int  # index of the last call
-    allow_prefetch: bool
-    keep_after_request: bool
-
-
-def use_intervals(schedule: Schedule) -> list[UseInterval]:
-    """One interval per (stage, component), ordered by first call."""
-    spans: dict[tuple[str, str], list[int]] = {}
-    for call in schedule.calls:
-        span = spans.setdefault((call.stage, call.component), [call.index, call.index])
-        span[1] = call.index
-    declared = {(u.stage, u.component): u for u in schedule.uses}
-    out = []
-    for i, ((stage, comp), (first, last)) in enumerate(sorted(spans.items(), key=lambda kv: kv[1][0])):
-        use = declared.get((stage, comp), ComponentUse(stage, comp))
-        out.append(UseInterval(i, stage, comp, first, last, use.allow_prefetch, use.keep_after_request))
-    return out
+__all__ = ["ResidencyManager", "UseInterval", "use_intervals"]
 
 
 class ResidencyManager:
     def __init__(self, schedule: Schedule, plan: Plan, device: Device, *,
-                 kinds: dict[str, str], tracer: Tracer | None = None) -> None:
+                 kinds: dict[str, str], tracer: Tracer | None = None,
+                 index: ScheduleIndex | None = None) -> None:
+        """`index`: the schedule's lookahead tables (default `ScheduleIndex.of(schedule)`,
+        shared by every manager built on the same schedule object)."""
         self.schedule = schedule
         self.plan = plan
         self.device = device
         self.tracer = tracer or Tracer()
         self.policy: Policy = POLICIES[plan.policy]()
         plan.check_components(kinds)
-        self.unit_bytes: dict[UnitKey, int] = {(u.component, u.name): u.weight_bytes
-                                               for u in schedule.units}
-        by_comp: dict[str, list[UnitInfo]] = {}
-        for u in schedule.units:
-            by_comp.setdefault(u.component, []).append(u)
+        self.index = index or ScheduleIndex.of(schedule)
+        self.unit_bytes: dict[UnitKey, int] = self.index.unit_bytes
+        self.uses = self.index.uses
+        self._begin_at = self.index.begin_at
+        self._end_at = self.index.end_at
         self.strategies: dict[str, Strategy] = {}
-        for comp, units in by_comp.items():
+        for comp, units in self.index.units_by_component.items():
             cfg = plan.config_for(comp, kinds.get(comp, ""))
             if not self.policy.manages:
                 cfg = DisabledConfig()
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
-        self.uses = use_intervals(schedule)
-        self._begin_at = {u.first: u for u in self.uses}
-        self._end_at: dict[int, list[UseInterval]] = {}
-        for u in self.uses:
-            self._end_at.setdefault(u.last, []).append(u)
         self._current: dict[str, UseInterval] = {}
-        self._visits: dict[tuple[str, int], tuple[list[int], dict[int, int], dict[int, int]]] = {}
         self._handed_off: set[int] = set()
         self._ending: list[UseInterval] = []
         self._compute_start: Any = None
@@ -135,8 +108,9 @@ class ResidencyManager:
 
     def unit_end(self, call: UnitCall) -> None:
         end = self.device.compute_end(call)
-        self.tracer.event("compute", self._compute_start, end=end, component=call.component,
-                          unit=call.unit, stream="compute", flops=call.flops)
+        if self.tracer.enabled:
+            self.tracer.event("compute", self._compute_start, end=end, component=call.component,
+                              unit=call.unit, stream="compute", flops=call.flops)
         self.strategies[call.component].after_unit(call)
         ending = self._end_at.get(call.index)
         if ending and self.policy.manages:
@@ -216,46 +190,16 @@ class ResidencyManager:
 
     # -- lookahead queries (policies, strategies) -------------------------------------------
     def next_use(self, after: int) -> UseInterval | None:
-        return self.uses[after + 1] if after + 1 < len(self.uses) else None
+        return self.index.next_use(after)
 
     def next_use_of(self, component: str, after: int) -> UseInterval | None:
-        for u in self.uses[after + 1:]:
-            if u.component == component:
-                return u
-        return None
+        return self.index.next_use_of(component, after)
 
     def bytes_to_bring(self, use: UseInterval) -> int:
         s = self.strategies[use.component]
         if s.resident or s.kept or s.active:
             return 0
         return s.device_bytes()
-
-    def visits(self, s: LayerwiseStrategy) -> tuple[list[int], dict[int, int], dict[int, int]]:
-        """Group visits of the use `s` is in (or being prefetched for): the sequence of group
-        ids in call order, and call index → visit number at a visit's first and last call."""
-        use = s.use
-        if use is None:
-            return [], {}, {}
-        key = (s.component, use.index)
-        if key not in self._visits:
-            visits: list[int] = []
-            at: dict[int, int] = {}
-            end: dict[int, int] = {}
-            last_call = -1
-            for call in self.schedule.calls[use.first:use.last + 1]:
-                k = s.group_of.get(call.unit) if call.component == s.component else None
-                if k is None:
-                    continue
-                if not visits or visits[-1] != k:
-                    if visits:
-                        end[last_call] = len(visits) - 1
-                    visits.append(k)
-                    at[call.index] = len(visits) - 1
-                last_call = call.index
-            if visits:
-                end[last_call] = len(visits) - 1
-            self._visits[key] = (visits, at, end)
-        return self._visits[key]
 
     def handoff_prefetch(self, s: Strategy, groups: int) -> None:
         use = self._current.get(s.component)
@@ -294,31 +238,36 @@ class ResidencyManager:
 
     # -- actions (strategies call these) -----------------------------------------------------
     def load(self, key: UnitKey, *, prefetch: bool, pool: str | None = None) -> Transfer:
-        if self.policy.evicts and pool is None:
+        if pool is None and self.policy.evicts:
             self.ensure_free(self.unit_bytes[key], reason="load", protect=key[0])
         transfer = self.device.h2d(key, pool=pool)
-        comp, unit = key
-        if prefetch:
-            self.tracer.event("prefetch", transfer.start, component=comp, unit=unit,
-                              nbytes=transfer.nbytes)
-        self.tracer.event("load", transfer.start, end=transfer.end, component=comp, unit=unit,
-                          stream=transfer.stream, nbytes=transfer.nbytes,
-                          reason="prefetch" if prefetch else "demand")
         self.h2d_bytes += transfer.nbytes
-        self._memory()
+        # The hot paths below test `enabled` themselves: a tuner's disabled tracer should not
+        # pay for building the event's arguments.
+        if self.tracer.enabled:
+            comp, unit = key
+            if prefetch:
+                self.tracer.event("prefetch", transfer.start, component=comp, unit=unit,
+                                  nbytes=transfer.nbytes)
+            self.tracer.event("load", transfer.start, end=transfer.end, component=comp,
+                              unit=unit, stream=transfer.stream, nbytes=transfer.nbytes,
+                              reason="prefetch" if prefetch else "demand")
+            self._memory()
         return transfer
 
     def wait(self, transfer: Transfer) -> None:
         at = self.device.wait(transfer)
-        comp, unit = transfer.key
-        self.tracer.event("wait", at, component=comp, unit=unit, stream="compute",
-                          nbytes=transfer.nbytes, stall=transfer.end)
+        if self.tracer.enabled:
+            comp, unit = transfer.key
+            self.tracer.event("wait", at, component=comp, unit=unit, stream="compute",
+                              nbytes=transfer.nbytes, stall=transfer.end)
 
     def drop(self, key: UnitKey, reason: str) -> None:
         self.device.drop(key)
-        self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
-                          nbytes=self.unit_bytes[key], reason=reason)
-        self._memory()
+        if self.tracer.enabled:
+            self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
+                              nbytes=self.unit_bytes[key], reason=reason)
+            self._memory()
 
     def copy_back(self, key: UnitKey, reason: str) -> None:
         transfer = self.device.d2h(key)

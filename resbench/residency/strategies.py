@@ -216,6 +216,9 @@ class LayerwiseStrategy(Strategy):
         g = config.group_size
         self.groups: list[list[UnitInfo]] = [streamed[i:i + g] for i in range(0, len(streamed), g)]
         self.group_of: dict[str, int] = {u.name: k for k, grp in enumerate(self.groups) for u in grp}
+        self.group_keys: list[list[UnitKey]] = [[(component, u.name) for u in grp]
+                                                for grp in self.groups]
+        self.depth = config.prefetch_depth
         self.slot_bytes = max((u.weight_bytes for u in streamed), default=0)
         self.slots = min(len(streamed), g * (config.prefetch_depth + 1))
         self.pool = f"{component}.staging"
@@ -224,14 +227,12 @@ class LayerwiseStrategy(Strategy):
         self.pending: dict[str, Transfer] = {}  # rest and resident blocks
         self.visit = -1
         self.resident_loaded = False
-
-    # the manager gives each use its sequence of group visits (see manager.UseInterval)
-    def _visits(self) -> tuple[list[int], dict[int, int], dict[int, int]]:
-        return self.ctx.visits(self)
+        self.visit_table = ctx.index.visit_table(component, [[u.name for u in grp]
+                                                             for grp in self.groups])
 
     def _issue_group(self, k: int, *, prefetch: bool) -> None:
-        self.inflight[k] = [self.ctx.load((self.component, u.name), prefetch=prefetch,
-                                          pool=self.pool) for u in self.groups[k]]
+        self.inflight[k] = [self.ctx.load(key, prefetch=prefetch, pool=self.pool)
+                            for key in self.group_keys[k]]
         self.loaded.add(k)
 
     def _bring_fixed(self, prefetch: bool) -> None:
@@ -252,41 +253,34 @@ class LayerwiseStrategy(Strategy):
         self.visit = -1
 
     def head_prefetch(self, groups: int) -> int:
-        cfg = self.config
-        assert isinstance(cfg, LayerwiseConfig)
         if not self.active:
             self.prepare(cold=False)
-        visits, _, _ = self._visits()
+        visits = self.visit_table.by_use.get(self.use.index, ()) if self.use is not None else ()
         issued = 0
-        for k in visits[: min(groups, cfg.prefetch_depth + 1)]:
+        for k in visits[: min(groups, self.depth + 1)]:
             if k not in self.loaded:
                 self._issue_group(k, prefetch=True)
                 issued += 1
         return issued
 
     def before_unit(self, call: UnitCall) -> None:
-        transfer = self.pending.pop(call.unit, None)
-        if transfer is not None:
-            self.ctx.wait(transfer)
-        if call.unit == REST:
-            return
-        if REST in self.pending:
-            self.ctx.wait(self.pending.pop(REST))
-        k = self.group_of.get(call.unit)
-        if k is None:
-            return  # a resident block
-        visits, visit_at, _ = self._visits()
-        v = visit_at.get(call.index)
-        if v is None:
-            return  # not the first unit of a visit: its group is already waited on
+        if self.pending:
+            transfer = self.pending.pop(call.unit, None)
+            if transfer is not None:
+                self.ctx.wait(transfer)
+            if call.unit != REST and REST in self.pending:
+                self.ctx.wait(self.pending.pop(REST))
+        first = self.visit_table.first.get(call.index)
+        if first is None:
+            return  # rest, a resident block, or not a visit's first call (already waited on)
+        visits, v = first
+        k = visits[v]
         self.visit = v
         if k not in self.loaded:
             self._issue_group(k, prefetch=False)
         for transfer in self.inflight.pop(k, ()):
             self.ctx.wait(transfer)
-        cfg = self.config
-        assert isinstance(cfg, LayerwiseConfig)
-        depth = cfg.prefetch_depth
+        depth = self.depth
         for ahead in visits[v + 1: v + 1 + depth]:
             if ahead not in self.loaded:
                 self._issue_group(ahead, prefetch=True)
@@ -295,13 +289,11 @@ class LayerwiseStrategy(Strategy):
             self.ctx.handoff_prefetch(self, beyond)
 
     def after_unit(self, call: UnitCall) -> None:
-        k = self.group_of.get(call.unit)
-        if k is None:
+        last = self.visit_table.last.get(call.index)
+        if last is None:
             return
-        visits, _, visit_end = self._visits()
-        v = visit_end.get(call.index)
-        if v is None:
-            return
+        visits, v = last
+        k = visits[v]
         if v + 1 < len(visits) and visits[v + 1] == k:
             return  # the same group runs again next: keep it
         self._drop_group(k, "drop")
@@ -309,8 +301,8 @@ class LayerwiseStrategy(Strategy):
     def _drop_group(self, k: int, reason: str) -> None:
         for transfer in self.inflight.pop(k, ()):
             self.ctx.wait(transfer)  # a copy in flight must land before its slot is reused
-        for u in self.groups[k]:
-            self.ctx.drop((self.component, u.name), reason)
+        for key in self.group_keys[k]:
+            self.ctx.drop(key, reason)
         self.loaded.discard(k)
 
     def release(self, reason: str) -> None:

@@ -1,0 +1,145 @@
+"""Lookahead tables of one schedule, computed once and shared by every plan scored on it.
+
+The manager and the layerwise strategy ask the same questions of the schedule at every call
+(which use starts or ends here, when is this component used next, which group visit starts
+here). None of the answers depend on the plan, except a layerwise component's visits, which
+depend only on how its blocks are grouped. `ScheduleIndex.of(schedule)` answers them from
+tables built once per schedule, so a tuner scoring thousands of plans on one schedule pays
+for them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from resbench.devices.base import UnitKey
+from resbench.models.base import UnitInfo
+from resbench.schedule import ComponentUse, Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class UseInterval:
+    index: int
+    stage: str
+    component: str
+    first: int  # index of the first call
+    last: int  # index of the last call
+    allow_prefetch: bool
+    keep_after_request: bool
+
+
+def use_intervals(schedule: Schedule) -> list[UseInterval]:
+    """One interval per (stage, component), ordered by first call."""
+    spans: dict[tuple[str, str], list[int]] = {}
+    for call in schedule.calls:
+        span = spans.setdefault((call.stage, call.component), [call.index, call.index])
+        span[1] = call.index
+    declared = {(u.stage, u.component): u for u in schedule.uses}
+    out = []
+    for i, ((stage, comp), (first, last)) in enumerate(sorted(spans.items(), key=lambda kv: kv[1][0])):
+        use = declared.get((stage, comp), ComponentUse(stage, comp))
+        out.append(UseInterval(i, stage, comp, first, last, use.allow_prefetch, use.keep_after_request))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class VisitTable:
+    """A layerwise component's group visits over all its uses, for one grouping of its blocks.
+
+    A *visit* is a maximal run of consecutive calls (of this component) to one group.
+    `by_use[u]` is the sequence of group ids visited in use `u`, in call order; `first[i]` and
+    `last[i]` map the call index of a visit's first and last call to (that sequence, visit
+    number).
+    """
+
+    by_use: dict[int, tuple[int, ...]]
+    first: dict[int, tuple[tuple[int, ...], int]]
+    last: dict[int, tuple[tuple[int, ...], int]]
+
+
+class ScheduleIndex:
+    """Plan-independent lookups over one schedule; build with `ScheduleIndex.of`."""
+
+    _cache: dict[int, ScheduleIndex] = {}
+    _cache_size = 8
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.uses = use_intervals(schedule)
+        self.begin_at = {u.first: u for u in self.uses}
+        self.end_at: dict[int, list[UseInterval]] = {}
+        for u in self.uses:
+            self.end_at.setdefault(u.last, []).append(u)
+        self.unit_bytes: dict[UnitKey, int] = {(u.component, u.name): u.weight_bytes
+                                               for u in schedule.units}
+        self.units_by_component: dict[str, list[UnitInfo]] = {}
+        for unit in schedule.units:
+            self.units_by_component.setdefault(unit.component, []).append(unit)
+        # next_of[c][i]: the first use of component c at position ≥ i in `uses`
+        self._next_of: dict[str, list[UseInterval | None]] = {}
+        for comp in {u.component for u in self.uses}:
+            table: list[UseInterval | None] = [None] * (len(self.uses) + 1)
+            for i in range(len(self.uses) - 1, -1, -1):
+                table[i] = self.uses[i] if self.uses[i].component == comp else table[i + 1]
+            self._next_of[comp] = table
+        self._own_calls: dict[int, list[tuple[int, str]]] | None = None
+        self._visits: dict[tuple[str, tuple[tuple[str, ...], ...]], VisitTable] = {}
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> ScheduleIndex:
+        """The index of `schedule`, built on first request and kept for the last few schedules
+        (keyed by identity: a `Schedule` is immutable, and the entry holds it alive)."""
+        index = cls._cache.get(id(schedule))
+        if index is None or index.schedule is not schedule:
+            index = cls(schedule)
+            if len(cls._cache) >= cls._cache_size:
+                cls._cache.pop(next(iter(cls._cache)))
+            cls._cache[id(schedule)] = index
+        return index
+
+    def next_use(self, after: int) -> UseInterval | None:
+        return self.uses[after + 1] if after + 1 < len(self.uses) else None
+
+    def next_use_of(self, component: str, after: int) -> UseInterval | None:
+        table = self._next_of.get(component)
+        return table[after + 1] if table is not None and after + 1 < len(table) else None
+
+    def visit_table(self, component: str, groups: Sequence[Sequence[str]]) -> VisitTable:
+        """Visits of `component` when its streamed blocks form `groups` (lists of unit names)."""
+        key = (component, tuple(tuple(g) for g in groups))
+        table = self._visits.get(key)
+        if table is None:
+            table = self._visits[key] = self._build_visits(component, groups)
+        return table
+
+    def _build_visits(self, component: str, groups: Sequence[Sequence[str]]) -> VisitTable:
+        group_of = {name: k for k, grp in enumerate(groups) for name in grp}
+        if self._own_calls is None:
+            calls = self.schedule.calls
+            self._own_calls = {u.index: [(c.index, c.unit) for c in calls[u.first:u.last + 1]
+                                         if c.component == u.component] for u in self.uses}
+        by_use: dict[int, tuple[int, ...]] = {}
+        first: dict[int, tuple[tuple[int, ...], int]] = {}
+        last: dict[int, tuple[tuple[int, ...], int]] = {}
+        for use in self.uses:
+            if use.component != component:
+                continue
+            visits: list[int] = []
+            starts: list[int] = []
+            ends: list[int] = []
+            for index, unit in self._own_calls[use.index]:
+                k = group_of.get(unit)
+                if k is None:
+                    continue
+                if not visits or visits[-1] != k:
+                    visits.append(k)
+                    starts.append(index)
+                    ends.append(index)
+                ends[-1] = index
+            seq = tuple(visits)
+            by_use[use.index] = seq
+            for v, (a, b) in enumerate(zip(starts, ends, strict=True)):
+                first[a] = (seq, v)
+                last[b] = (seq, v)
+        return VisitTable(by_use, first, last)
