@@ -56,16 +56,18 @@ def memory_budget(budget_bytes: int | None, device: torch.device | str = "cuda")
     if budget_bytes is None:
         yield
         return
-    total = torch.cuda.get_device_properties(device).total_memory
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     if budget_bytes > total:
         raise ValueError(f"budget {format_bytes(budget_bytes)} is above the card's "
                          f"{format_bytes(total)}")
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(budget_bytes / total, device)
+    torch.cuda.set_per_process_memory_fraction(budget_bytes / total, index)
     try:
         yield
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 class _TimedManager(ResidencyManager):
