@@ -121,16 +121,21 @@ def phase_calibrate(args: argparse.Namespace, cfg: Config, rows: Rows) -> None:
     spec = get_model(MODEL)
     schedule = load_schedule(spec, requests(cfg)[0], scale=cfg.scale, device=cfg.device)
     block = schedule.unit("transformer", "blocks.0").weight_bytes
-    before = torch.cuda.host_memory_stats()
-    t0 = time.perf_counter()
-    x = torch.empty(block, dtype=torch.uint8, pin_memory=True)
-    alloc_s = time.perf_counter() - t0
-    after = torch.cuda.host_memory_stats()
-    delta = {k: after[k] - before.get(k, 0) for k in after
-             if "bytes" in k and "current" in k and isinstance(after[k], int)}
-    del x
-    rows.add({"phase": "pinned_rounding", "status": "ok", "requested_bytes": block,
-              "alloc_s": alloc_s, "host_memory_stats_delta": delta})
+    def probe() -> dict[str, Any]:
+        before = torch.cuda.host_memory_stats()
+        t0 = time.perf_counter()
+        x = torch.empty(block, dtype=torch.uint8, pin_memory=True)
+        alloc_s = time.perf_counter() - t0
+        after = torch.cuda.host_memory_stats()
+        delta = {k: after[k] - before.get(k, 0) for k in after
+                 if "bytes" in k and "current" in k and isinstance(after[k], int)}
+        del x
+        return {"alloc_s": alloc_s, "host_memory_stats_delta": delta}
+
+    base = {"phase": "pinned_rounding", "requested_bytes": block}
+    res = attempt(rows, base, probe)
+    if res is not None:
+        rows.add({**base, "status": "ok", **res})
 
 
 def phase_fullcard(args: argparse.Namespace, cfg: Config, rows: Rows) -> None:
@@ -151,9 +156,9 @@ def phase_fullcard(args: argparse.Namespace, cfg: Config, rows: Rows) -> None:
     if cfg.device == "cuda":
         rows.add({"phase": "fullcard", "plan": "probe", "status": "ok",
                   **pinned_h2d_probe(sched.unit("transformer", "blocks.0").weight_bytes)})
-        measure_real(spec, warm, "sglang-wan2.2", budget_bytes=None, warmup=False, trace=False,
-                     schedule=load_schedule(spec, warm, scale=cfg.scale, device=cfg.device),
-                     **common)
+        attempt(rows, {"phase": "fullcard", "plan": "warm-up"}, lambda: measure_real(
+            spec, warm, "sglang-wan2.2", budget_bytes=None, warmup=False, trace=False,
+            schedule=load_schedule(spec, warm, scale=cfg.scale, device=cfg.device), **common))
     # Reference output: all-resident if it fits the whole card, else a full-card plan that does.
     for plan in (resolve_plan("all-resident"), full_card_plan()):
         base = {"phase": "fullcard", "budget": "full card", "plan": plan.name,
