@@ -89,18 +89,22 @@ class Ledger:
 
     def charge(self, nbytes: int, key: UnitKey | None, what: str = "") -> None:
         if self.used + nbytes > self.capacity_bytes:
-            missing = self.used + nbytes - self.capacity_bytes
-            comp, unit = key if key else ("", "")
-            raise DoesNotFitError(
-                f"{what or f'{comp}.{unit}'} needs {format_bytes(nbytes)} but only "
-                f"{format_bytes(max(0, self.capacity_bytes - self.used))} of the "
-                f"{format_bytes(self.capacity_bytes)} budget is free "
-                f"({format_bytes(missing)} missing)",
-                component=comp or None, unit=unit or None, missing_bytes=missing,
-            )
+            raise self.does_not_fit(nbytes, key, what)
         self.used += nbytes
         if self.used > self.peak:
             self.peak = self.used
+
+    def does_not_fit(self, nbytes: int, key: UnitKey | None, what: str = "") -> DoesNotFitError:
+        """The error for `nbytes` more not fitting now; `what` names them (default: `key`)."""
+        missing = self.used + nbytes - self.capacity_bytes
+        comp, unit = key if key else ("", "")
+        return DoesNotFitError(
+            f"{what or f'{comp}.{unit}'} needs {format_bytes(nbytes)} but only "
+            f"{format_bytes(max(0, self.capacity_bytes - self.used))} of the "
+            f"{format_bytes(self.capacity_bytes)} budget is free "
+            f"({format_bytes(missing)} missing)",
+            component=comp or None, unit=unit or None, missing_bytes=missing,
+        )
 
     def credit(self, nbytes: int) -> None:
         self.used -= nbytes

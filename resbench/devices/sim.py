@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resbench.devices.base import Ledger, Transfer, UnitKey
+from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
 from resbench.schedule import UnitCall
 
@@ -125,10 +126,13 @@ class SimDevice:
     # -- compute ---------------------------------------------------------------------------------
     def compute_begin(self, call: UnitCall) -> Any:
         if call.activation_bytes:
-            # build the error's wording only when the charge is going to fail
-            fits = call.activation_bytes <= self.ledger.capacity_bytes - self.ledger.used
-            self.ledger.charge(call.activation_bytes, (call.component, call.unit),
-                               "" if fits else f"activations of {call.component}.{call.unit}")
+            try:
+                self.ledger.charge(call.activation_bytes, None)
+            except DoesNotFitError:
+                # worded here, not up front: most calls fit, and this runs for every call
+                raise self.ledger.does_not_fit(
+                    call.activation_bytes, (call.component, call.unit),
+                    f"activations of {call.component}.{call.unit}") from None
         start = self.compute_t
         duration = self._call_times[call.index]
         if self._slowdown and self.h2d_free_t > start:

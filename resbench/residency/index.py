@@ -45,17 +45,21 @@ def use_intervals(schedule: Schedule) -> list[UseInterval]:
 
 @dataclass(frozen=True, slots=True)
 class VisitTable:
-    """A layerwise component's group visits over all its uses, for one grouping of its blocks.
+    """What a layerwise component streams at each of its calls, for one grouping of its
+    blocks and one prefetch depth, over all its uses.
 
     A *visit* is a maximal run of consecutive calls (of this component) to one group.
-    `by_use[u]` is the sequence of group ids visited in use `u`, in call order; `first[i]` and
-    `last[i]` map the call index of a visit's first and last call to (that sequence, visit
-    number).
+    `by_use[u]` is the sequence of groups visited in use `u`, in call order. `starts` maps
+    the call index of a visit's first call to ``(group, ahead, handoff)``: the group that
+    must be on the device, the groups of the same use to have in flight behind it (the next
+    `depth` visits), and how many groups of the *next* use to prefetch because the depth
+    reaches past this use's end (0: none). `done` maps the call index of a visit's last
+    call to its group, which may leave after that call.
     """
 
     by_use: dict[int, tuple[int, ...]]
-    first: dict[int, tuple[tuple[int, ...], int]]
-    last: dict[int, tuple[tuple[int, ...], int]]
+    starts: dict[int, tuple[int, tuple[int, ...], int]]
+    done: dict[int, int]
 
 
 class ScheduleIndex:
@@ -84,7 +88,7 @@ class ScheduleIndex:
                 table[i] = self.uses[i] if self.uses[i].component == comp else table[i + 1]
             self._next_of[comp] = table
         self._own_calls: dict[int, list[tuple[int, str]]] | None = None
-        self._visits: dict[tuple[str, tuple[tuple[str, ...], ...]], VisitTable] = {}
+        self._visits: dict[tuple[str, tuple[tuple[str, ...], ...], int], VisitTable] = {}
 
     @classmethod
     def of(cls, schedule: Schedule) -> ScheduleIndex:
@@ -105,41 +109,44 @@ class ScheduleIndex:
         table = self._next_of.get(component)
         return table[after + 1] if table is not None and after + 1 < len(table) else None
 
-    def visit_table(self, component: str, groups: Sequence[Sequence[str]]) -> VisitTable:
-        """Visits of `component` when its streamed blocks form `groups` (lists of unit names)."""
-        key = (component, tuple(tuple(g) for g in groups))
+    def visit_table(self, component: str, groups: Sequence[Sequence[str]],
+                    depth: int) -> VisitTable:
+        """Visits of `component` when its streamed blocks form `groups` (lists of unit names)
+        and `depth` groups are kept in flight ahead of the one computing."""
+        key = (component, tuple(tuple(g) for g in groups), depth)
         table = self._visits.get(key)
         if table is None:
-            table = self._visits[key] = self._build_visits(component, groups)
+            table = self._visits[key] = self._build_visits(component, groups, depth)
         return table
 
-    def _build_visits(self, component: str, groups: Sequence[Sequence[str]]) -> VisitTable:
+    def _build_visits(self, component: str, groups: Sequence[Sequence[str]],
+                      depth: int) -> VisitTable:
         group_of = {name: k for k, grp in enumerate(groups) for name in grp}
         if self._own_calls is None:
             calls = self.schedule.calls
             self._own_calls = {u.index: [(c.index, c.unit) for c in calls[u.first:u.last + 1]
                                          if c.component == u.component] for u in self.uses}
         by_use: dict[int, tuple[int, ...]] = {}
-        first: dict[int, tuple[tuple[int, ...], int]] = {}
-        last: dict[int, tuple[tuple[int, ...], int]] = {}
+        starts: dict[int, tuple[int, tuple[int, ...], int]] = {}
+        done: dict[int, int] = {}
         for use in self.uses:
             if use.component != component:
                 continue
             visits: list[int] = []
-            starts: list[int] = []
-            ends: list[int] = []
+            first: list[int] = []
+            last: list[int] = []
             for index, unit in self._own_calls[use.index]:
                 k = group_of.get(unit)
                 if k is None:
                     continue
                 if not visits or visits[-1] != k:
                     visits.append(k)
-                    starts.append(index)
-                    ends.append(index)
-                ends[-1] = index
-            seq = tuple(visits)
-            by_use[use.index] = seq
-            for v, (a, b) in enumerate(zip(starts, ends, strict=True)):
-                first[a] = (seq, v)
-                last[b] = (seq, v)
-        return VisitTable(by_use, first, last)
+                    first.append(index)
+                    last.append(index)
+                last[-1] = index
+            seq = by_use[use.index] = tuple(visits)
+            for v, k in enumerate(seq):
+                beyond = v + 1 + depth - len(seq)
+                starts[first[v]] = (k, seq[v + 1:v + 1 + depth], beyond if depth > 0 else 0)
+                done[last[v]] = k
+        return VisitTable(by_use, starts, done)

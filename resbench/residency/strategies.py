@@ -225,14 +225,14 @@ class LayerwiseStrategy(Strategy):
         self.inflight: dict[int, list[Transfer]] = {}  # group → copies not yet waited on
         self.loaded: set[int] = set()  # groups on the device (in flight or ready)
         self.pending: dict[str, Transfer] = {}  # rest and resident blocks
-        self.visit = -1
         self.resident_loaded = False
-        self.visit_table = ctx.index.visit_table(component, [[u.name for u in grp]
-                                                             for grp in self.groups])
+        self.visit_table = ctx.index.visit_table(
+            component, [[u.name for u in grp] for grp in self.groups], self.depth)
 
     def _issue_group(self, k: int, *, prefetch: bool) -> None:
-        self.inflight[k] = [self.ctx.load(key, prefetch=prefetch, pool=self.pool)
-                            for key in self.group_keys[k]]
+        transfers = self.inflight[k] = []
+        for key in self.group_keys[k]:
+            transfers.append(self.ctx.load(key, prefetch=prefetch, pool=self.pool))
         self.loaded.add(k)
 
     def _bring_fixed(self, prefetch: bool) -> None:
@@ -250,7 +250,6 @@ class LayerwiseStrategy(Strategy):
             return
         self._bring_fixed(prefetch=not cold)
         self.active = True
-        self.visit = -1
 
     def head_prefetch(self, groups: int) -> int:
         if not self.active:
@@ -270,33 +269,25 @@ class LayerwiseStrategy(Strategy):
                 self.ctx.wait(transfer)
             if call.unit != REST and REST in self.pending:
                 self.ctx.wait(self.pending.pop(REST))
-        first = self.visit_table.first.get(call.index)
-        if first is None:
+        start = self.visit_table.starts.get(call.index)
+        if start is None:
             return  # rest, a resident block, or not a visit's first call (already waited on)
-        visits, v = first
-        k = visits[v]
-        self.visit = v
-        if k not in self.loaded:
+        k, ahead, handoff = start
+        loaded = self.loaded
+        if k not in loaded:
             self._issue_group(k, prefetch=False)
         for transfer in self.inflight.pop(k, ()):
             self.ctx.wait(transfer)
-        depth = self.depth
-        for ahead in visits[v + 1: v + 1 + depth]:
-            if ahead not in self.loaded:
-                self._issue_group(ahead, prefetch=True)
-        beyond = v + 1 + depth - len(visits)
-        if beyond > 0 and depth > 0:
-            self.ctx.handoff_prefetch(self, beyond)
+        for g in ahead:
+            if g not in loaded:
+                self._issue_group(g, prefetch=True)
+        if handoff > 0:
+            self.ctx.handoff_prefetch(self, handoff)
 
     def after_unit(self, call: UnitCall) -> None:
-        last = self.visit_table.last.get(call.index)
-        if last is None:
-            return
-        visits, v = last
-        k = visits[v]
-        if v + 1 < len(visits) and visits[v + 1] == k:
-            return  # the same group runs again next: keep it
-        self._drop_group(k, "drop")
+        k = self.visit_table.done.get(call.index)
+        if k is not None:
+            self._drop_group(k, "drop")
 
     def _drop_group(self, k: int, reason: str) -> None:
         for transfer in self.inflight.pop(k, ()):
