@@ -1,0 +1,247 @@
+"""The tuning objective: score a plan under a budget, and the constraints optuna sees.
+
+`Evaluator` holds what every trial shares — the schedule (recorded once per tune), the
+`CostModel` call times (computed once) and the budgets — and turns a `Plan` into an
+`Evaluation`. `Objective` is the optuna callable around it.
+
+Constraints (optuna 5 `trial.set_constraint`; feasible when ≤ 0):
+
+* ``peak_device = peak + margin - capacity`` where `capacity` is the budget the simulator
+  enforces (the budget less the profile's fragmentation share) and `margin` the plan's
+  `buffer_margin_bytes` under the dynamic policy (0 otherwise): a dynamic plan must really
+  leave the headroom it promises.
+* ``pinned_host = pinned - host_budget``.
+
+A plan that does not fit at all (the simulator raises `DoesNotFitError`) is an infeasible
+trial, never a crash: both numbers above are still set, `peak_device` to the missing bytes
+plus the margin (always > 0), and the objective returns `INFEASIBLE_LATENCY_S`, a large
+finite penalty (optuna's samplers rank infeasible trials by their constraint violation, so
+the penalty only keeps plots and `trials_dataframe` finite). The smallest budget the plan
+would fit in is estimated from a run of its static version without a budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from resbench.cost import CostModel
+from resbench.drivers.replay import simulate
+from resbench.errors import DoesNotFitError
+from resbench.hardware import HardwareProfile
+from resbench.residency.plan import Plan
+from resbench.schedule import Schedule
+from resbench.trace import Tracer
+from resbench.tune.space import SearchSpace
+
+INFEASIBLE_LATENCY_S = 1.0e6
+"""Objective value of a plan that does not fit: finite, far above any real latency."""
+_UNBOUNDED_BYTES = 2**60
+
+
+class RunResult(Protocol):
+    """What a scored run reports: `SimResult`, or a real measurement (`resbench.measure`)."""
+
+    @property
+    def latency_s(self) -> float: ...
+    @property
+    def stall_s(self) -> float: ...
+    @property
+    def h2d_bytes(self) -> int: ...
+    @property
+    def d2h_bytes(self) -> int: ...
+    @property
+    def peak_device_bytes(self) -> int: ...
+    @property
+    def pinned_host_bytes(self) -> int: ...
+
+
+Runner = Callable[[Plan, int | None], RunResult]
+"""(plan, capacity bytes or None for the whole card) → result; raises `DoesNotFitError`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    """One plan scored under one budget. Seconds and bytes; `fits` False: the run failed."""
+
+    plan: Plan
+    fits: bool
+    latency_s: float
+    """The request's latency; `INFEASIBLE_LATENCY_S` when the plan does not fit."""
+    peak_device_bytes: int
+    pinned_host_bytes: int
+    stall_s: float = 0.0
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    capacity_bytes: int = 0
+    """Bytes the run was allowed (the budget less fragmentation)."""
+    missing_bytes: int = 0
+    """Bytes short when the plan did not fit."""
+    needed_budget_bytes: int | None = None
+    """Smallest budget this plan (static version) is estimated to fit in; set when it did not."""
+    measured: bool = False
+    """True for a real run on the GPU, False for the simulator."""
+
+    @property
+    def margin_bytes(self) -> int:
+        return self.plan.buffer_margin_bytes if self.plan.policy == "dynamic" else 0
+
+    @property
+    def peak_violation_bytes(self) -> int:
+        if not self.fits:
+            return max(1, self.missing_bytes) + self.margin_bytes
+        return self.peak_device_bytes + self.margin_bytes - self.capacity_bytes
+
+    def pinned_violation_bytes(self, host_budget_bytes: int) -> int:
+        return self.pinned_host_bytes - host_budget_bytes
+
+    def feasible(self, host_budget_bytes: int) -> bool:
+        return (self.fits and self.peak_violation_bytes <= 0
+                and self.pinned_violation_bytes(host_budget_bytes) <= 0)
+
+    def user_attrs(self) -> dict[str, Any]:
+        """What a trial stores for the dashboard and for rebuilding the result later (few
+        keys: each is one write to the storage)."""
+        attrs: dict[str, Any] = {
+            "plan_toml": self.plan.to_toml(), "plan_id": plan_id(self.plan), "fits": self.fits,
+            "peak_device_bytes": self.peak_device_bytes,
+            "pinned_host_bytes": self.pinned_host_bytes,
+        }
+        if self.fits:
+            attrs.update(latency_s=self.latency_s, stall_s=self.stall_s,
+                         h2d_bytes=self.h2d_bytes, d2h_bytes=self.d2h_bytes)
+        else:
+            attrs.update(missing_bytes=self.missing_bytes,
+                         needed_budget_bytes=self.needed_budget_bytes)
+        if self.measured:
+            attrs["measured"] = True
+        return attrs
+
+
+def plan_id(plan: Plan) -> str:
+    """Hash of the plan's canonical form (keys sorted, sizes in bytes; name left out)."""
+    doc = plan.to_dict()
+    doc.pop("name", None)
+    doc.pop("description", None)
+    return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Evaluator:
+    """Scores plans for one schedule, hardware profile and budget.
+
+    `budget_bytes` is the device memory the plan may use (the emulated card); the
+    simulator also subtracts the profile's fragmentation share from it.
+    """
+
+    def __init__(self, schedule: Schedule, profile: HardwareProfile, *, budget_bytes: int,
+                 host_budget_bytes: int, runner: Runner | None = None) -> None:
+        self.schedule = schedule
+        self.profile = profile
+        self.budget_bytes = budget_bytes
+        self.host_budget_bytes = host_budget_bytes
+        self.call_times_s = CostModel(profile).call_times(schedule.calls)
+        self._runner = runner
+        self.measured = runner is not None
+
+    def run(self, plan: Plan, capacity_bytes: int | None) -> RunResult:
+        if self._runner is not None:
+            return self._runner(plan, capacity_bytes)
+        return simulate(self.schedule, plan, self.profile, capacity_bytes=capacity_bytes,
+                        tracer=Tracer(enabled=False), call_times_s=self.call_times_s)
+
+    def evaluate(self, plan: Plan, *, full_card: bool = False) -> Evaluation:
+        """Score `plan` under the budget (or on the whole card with `full_card`)."""
+        capacity = None if full_card else self.budget_bytes
+        allowed = self.sim_capacity(capacity)
+        try:
+            r = self.run(plan, capacity)
+        except DoesNotFitError as exc:
+            return Evaluation(plan=plan, fits=False, latency_s=INFEASIBLE_LATENCY_S,
+                              peak_device_bytes=allowed + exc.missing_bytes,
+                              pinned_host_bytes=self.pinned_estimate(plan),
+                              capacity_bytes=allowed, missing_bytes=exc.missing_bytes,
+                              needed_budget_bytes=self.needed_budget(plan),
+                              measured=self.measured)
+        return Evaluation(plan=plan, fits=True, latency_s=r.latency_s,
+                          peak_device_bytes=r.peak_device_bytes,
+                          pinned_host_bytes=r.pinned_host_bytes, stall_s=r.stall_s,
+                          h2d_bytes=r.h2d_bytes, d2h_bytes=r.d2h_bytes, capacity_bytes=allowed,
+                          measured=self.measured)
+
+    def sim_capacity(self, capacity_bytes: int | None) -> int:
+        """Bytes a run may fill: the simulator takes the fragmentation share off the budget;
+        on the GPU the allocator's own fragmentation is in the measured peak."""
+        cap = self.profile.usable_bytes if capacity_bytes is None else capacity_bytes
+        return cap if self.measured else int(cap * (1.0 - self.profile.fragmentation_fraction))
+
+    def needed_budget(self, plan: Plan) -> int | None:
+        """Smallest budget `plan` would fit in: the peak of its static version run without a
+        budget (the dynamic policy would keep everything there), plus its margin, plus the
+        fragmentation share. Always simulated, even when trials run on the GPU."""
+        static = dataclasses.replace(plan, policy="static") if plan.policy == "dynamic" else plan
+        try:
+            r = simulate(self.schedule, static, self.profile, capacity_bytes=_UNBOUNDED_BYTES,
+                         tracer=Tracer(enabled=False), call_times_s=self.call_times_s)
+        except DoesNotFitError:
+            return None
+        margin = plan.buffer_margin_bytes if plan.policy == "dynamic" else 0
+        return math.ceil((r.peak_device_bytes + margin) / (1.0 - self.profile.fragmentation_fraction))
+
+    def pinned_estimate(self, plan: Plan) -> int:
+        """Host bytes `plan` pins (the manager's rule: moved components, within the cap)."""
+        if not plan.host.pinned or plan.policy == "disabled":
+            return 0
+        kinds = self.schedule.kinds
+        total = 0
+        cap = plan.host.pinned_budget_bytes
+        for u in self.schedule.units:
+            if plan.config_for(u.component, kinds.get(u.component, "")).name in ("resident",
+                                                                                   "disabled"):
+                continue
+            if cap is None or total + u.weight_bytes <= cap:
+                total += u.weight_bytes
+        return total
+
+    def lower_bound_s(self) -> float:
+        """No plan under this budget can beat max(total compute, must-move bytes / H2D
+        bandwidth): weights that do not fit beside the request state must be copied in at
+        least once during the request."""
+        compute = sum(self.call_times_s)
+        weights = sum(u.weight_bytes for u in self.schedule.units)
+        room = self.sim_capacity(self.budget_bytes) - self.schedule.state_bytes
+        must_move = max(0, weights - room)
+        return max(compute, must_move / self.profile.h2d_pinned_bytes_per_s)
+
+
+class Objective:
+    """optuna objective: suggest a plan, score it, set constraints and user attributes.
+
+    Returns the latency, or (latency, peak device bytes) when `pareto` is set.
+    """
+
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, *, pareto: bool = False) -> None:
+        self.space = space
+        self.evaluator = evaluator
+        self.pareto = pareto
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        plan = self.space.suggest(trial)
+        ev = self.evaluator.evaluate(plan)
+        record(trial, ev, self.evaluator.host_budget_bytes)
+        if self.pareto:
+            return ev.latency_s, float(ev.peak_device_bytes)
+        return ev.latency_s
+
+
+def record(trial: Any, ev: Evaluation, host_budget_bytes: int) -> None:
+    """Set the two constraints and the user attributes of `trial` from `ev`."""
+    trial.set_constraint("peak_device", float(ev.peak_violation_bytes))
+    trial.set_constraint("pinned_host", float(ev.pinned_violation_bytes(host_budget_bytes)))
+    for key, value in ev.user_attrs().items():
+        if value is not None:
+            trial.set_user_attr(key, value)

@@ -1,0 +1,216 @@
+"""What `tune` returns: the best plan, how it compares, and how it was found.
+
+Frames for the terminal (`components_frame`, `comparison_frame`, `pareto_frame`), one JSON
+document (`to_dict`, `schema = 1`), and the tuned plan TOML with a header comment saying how
+it was found (`plan_toml`, `save_plan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from resbench import __version__
+from resbench.pipeline import Request
+from resbench.residency.plan import Plan, config_to_dict
+from resbench.tune.objective import Evaluation
+from resbench.tune.study import budget_label, request_label
+from resbench.units import format_bytes
+
+SCHEMA = 1
+GiB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A preset scored directly; `params` is None when the sweep cannot express it (`why`)."""
+
+    name: str
+    evaluation: Evaluation | None
+    """None when the preset does not apply to the model."""
+    params: dict[str, Any] | None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """A simulated plan re-run on the GPU (`real_latency_s` None: it did not fit)."""
+
+    trial: int
+    sim_latency_s: float
+    real_latency_s: float | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TuneResult:
+    study_name: str
+    storage: str
+    model: str
+    hardware: str
+    request: Request
+    scale: float
+    budget_bytes: int
+    host_budget_bytes: int
+    sweep: str
+    sampler: str
+    seed: int | None
+    best: Evaluation
+    """The answer: the fastest feasible trial (or the fastest validated on the GPU)."""
+    best_trial: int
+    trials_run: int
+    """Trials this call added."""
+    trials_total: int
+    """Complete trials in the study (all runs and workers)."""
+    trials_feasible: int
+    baselines: tuple[Baseline, ...]
+    all_resident: Evaluation
+    """Every component resident on the whole card (no budget): the no-offload reference."""
+    lower_bound_s: float
+    """max(total compute, must-move bytes / H2D bandwidth) under the budget."""
+    component_kinds: tuple[tuple[str, str], ...]
+    pareto: tuple[Evaluation, ...] = ()
+    validation: tuple[Validation, ...] = ()
+    result_note: str = "simulated"
+
+    # -- the plan file ---------------------------------------------------------------------
+    def plan(self) -> Plan:
+        return dataclasses.replace(
+            self.best.plan, name=f"{self.model}/{self.hardware}/{budget_label(self.budget_bytes)}"
+                                 f"/tuned",
+            description=(f"found by resbench tune: trial {self.best_trial} of study "
+                         f"{self.study_name}; {self.result_note}"))
+
+    def default_out_path(self) -> Path:
+        scale = f"-scale{self.scale:g}" if self.scale != 1.0 else ""
+        return (Path("strategies") / self.model
+                / f"{self.hardware}-{budget_label(self.budget_bytes)}{scale}.tuned.toml")
+
+    def plan_toml(self) -> str:
+        r = self.request
+        b = self.best
+        lines = [
+            f"# Tuned by `resbench tune` (resbench {__version__}) on "
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+            f"# Best of {self.trials_total} trials ({self.trials_feasible} feasible; sampler "
+            f"{self.sampler}, seed {self.seed}) of study {self.study_name}",
+            f"# in {self.storage}, over the space {self.sweep}.",
+            f"# {self.model} at {r.height}x{r.width}x{r.frames}, {r.steps} steps, cfg "
+            f"{'on' if r.cfg else 'off'}" + (f", scale {self.scale:g}" if self.scale != 1 else "")
+            + f"; {self.hardware} with a device budget of {format_bytes(self.budget_bytes)} and "
+            f"a pinned host budget of {format_bytes(self.host_budget_bytes, binary=True)}.",
+            f"# Latency {b.latency_s:.3f} s ({self.result_note}), peak device "
+            f"{format_bytes(b.peak_device_bytes, binary=True)}, pinned host "
+            f"{format_bytes(b.pinned_host_bytes, binary=True)}.",
+        ]
+        for row in self._speedups():
+            lines.append(f"# {row}")
+        return "\n".join(lines) + "\n\n" + self.plan().to_toml()
+
+    def save_plan(self, path: Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.default_out_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.plan_toml())
+        return path
+
+    def _speedups(self) -> list[str]:
+        out = []
+        for b in self.baselines:
+            if b.evaluation is not None and b.evaluation.feasible(self.host_budget_bytes):
+                out.append(f"{b.evaluation.latency_s / self.best.latency_s:.2f}x vs preset "
+                           f"{b.name} ({b.evaluation.latency_s:.3f} s)")
+        if self.all_resident.fits:
+            out.append(f"{self.all_resident.latency_s / self.best.latency_s:.2f}x vs "
+                       f"all-resident on the whole card ({self.all_resident.latency_s:.3f} s)")
+        out.append(f"{self.best.latency_s / self.lower_bound_s:.3f}x the lower bound "
+                   f"({self.lower_bound_s:.3f} s)")
+        return out
+
+    # -- frames ----------------------------------------------------------------------------
+    def components_frame(self) -> pd.DataFrame:
+        plan = self.best.plan
+        rows = []
+        for comp, kind in self.component_kinds:
+            cfg = plan.config_for(comp, kind)
+            knobs = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+            rows.append({"component": comp, "kind": kind, "strategy": cfg.name,
+                         "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items())})
+        return pd.DataFrame(rows)
+
+    def comparison_frame(self) -> pd.DataFrame:
+        """Tuned plan, each preset, all-resident on the whole card, the lower bound.
+        `speedup` is the row's latency over the tuned latency (how much faster tuned is)."""
+        best = self.best.latency_s
+
+        def row(name: str, source: str, ev: Evaluation | None, in_space: bool | None) -> dict[str, Any]:
+            fits = ev is not None and ev.feasible(self.host_budget_bytes)
+            latency = ev.latency_s if ev is not None and ev.fits else float("nan")
+            return {"plan": name, "source": source,
+                    "in_space": "" if in_space is None else ("yes" if in_space else "no"),
+                    "fits": "yes" if fits else "no", "latency_s": latency,
+                    "peak_device_gib": (ev.peak_device_bytes / GiB if ev is not None and ev.fits
+                                        else float("nan")),
+                    "speedup": latency / best if fits else float("nan")}
+
+        rows = [row("tuned", f"trial {self.best_trial}", self.best, None)]
+        rows += [row(b.name, "preset", b.evaluation, b.params is not None) for b in self.baselines]
+        resident = row("all-resident (whole card)", "no budget", self.all_resident, None)
+        resident["fits"] = "yes" if self.all_resident.fits else "no"
+        resident["speedup"] = (self.all_resident.latency_s / best if self.all_resident.fits
+                               else float("nan"))
+        rows.append(resident)
+        rows.append({"plan": "lower bound", "source": "max(compute, must-move / H2D)",
+                     "in_space": "", "fits": "", "latency_s": self.lower_bound_s,
+                     "peak_device_gib": float("nan"), "speedup": self.lower_bound_s / best})
+        return pd.DataFrame(rows)
+
+    def pareto_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"latency_s": e.latency_s,
+                              "peak_device_gib": e.peak_device_bytes / GiB,
+                              "plan": _plan_summary(e.plan)} for e in self.pareto])
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "study_name": self.study_name, "storage": self.storage,
+            "model": self.model, "hardware": self.hardware, "scale": self.scale,
+            "request": dataclasses.asdict(self.request), "request_label": request_label(self.request),
+            "budget_bytes": self.budget_bytes, "host_budget_bytes": self.host_budget_bytes,
+            "sweep": self.sweep, "sampler": self.sampler, "seed": self.seed,
+            "result": self.result_note, "best_trial": self.best_trial,
+            "trials_run": self.trials_run, "trials_total": self.trials_total,
+            "trials_feasible": self.trials_feasible,
+            "best": _evaluation_dict(self.best),
+            "all_resident_full_card": _evaluation_dict(self.all_resident),
+            "lower_bound_s": self.lower_bound_s,
+            "presets": [{"name": b.name, "in_space": b.params is not None, "why_not": b.why,
+                         **(_evaluation_dict(b.evaluation) if b.evaluation else {}),
+                         "feasible": (b.evaluation is not None
+                                      and b.evaluation.feasible(self.host_budget_bytes))}
+                        for b in self.baselines],
+            "pareto": [_evaluation_dict(e) for e in self.pareto],
+            "validation": [dataclasses.asdict(v) for v in self.validation],
+        }
+
+
+def _evaluation_dict(e: Evaluation) -> dict[str, Any]:
+    return {"fits": e.fits, "latency_s": e.latency_s if e.fits else None,
+            "peak_device_bytes": e.peak_device_bytes, "pinned_host_bytes": e.pinned_host_bytes,
+            "stall_s": e.stall_s, "h2d_bytes": e.h2d_bytes, "d2h_bytes": e.d2h_bytes,
+            "missing_bytes": e.missing_bytes, "measured": e.measured,
+            "plan": e.plan.to_dict()}
+
+
+def _plan_summary(plan: Plan) -> str:
+    parts = [plan.policy + (f"+{format_bytes(plan.buffer_margin_bytes, binary=True)}"
+                            if plan.policy == "dynamic" else "")]
+    for key, cfg in plan.components:
+        knobs = {k: v for k, v in config_to_dict(cfg).items() if k != "strategy"}
+        parts.append(f"{key}={cfg.name}" + (f"({','.join(f'{k}={v}' for k, v in knobs.items())})"
+                                            if knobs else ""))
+    return " ".join(parts)

@@ -1,0 +1,206 @@
+"""`tune` end to end on a tiny model: resume, interruption, constraints, presets, results."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from tune_setup import TINY_SWEEP, make_options
+
+from resbench.errors import DoesNotFitError
+from resbench.hardware import HardwareProfile
+from resbench.residency.plan import HostOptions, Plan
+from resbench.residency.strategies import LayerwiseConfig, OffloadConfig, ResidentConfig
+from resbench.schedule import Schedule
+from resbench.tune import NoFeasiblePlanError, TuneInterrupted, tune
+from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluator
+from resbench.tune.space import SearchSpace, load_sweep
+
+COMPLETE = (optuna.trial.TrialState.COMPLETE,)
+
+
+def load(tmp_path: Path, name: str = "test") -> optuna.Study:
+    if (tmp_path / "study.db").exists():
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "study.log")))
+    return optuna.load_study(study_name=name, storage=journal)
+
+
+@pytest.mark.parametrize("storage", ["study.db", "study.log"])
+def test_rerunning_resumes_the_study_and_keeps_finished_trials(tmp_path: Path, storage: str,
+                                                               schedule: Schedule) -> None:
+    where = str(tmp_path / storage)
+    first = tune(make_options(tmp_path, n_trials=6, storage=where), schedule=schedule)
+    before = [(t.number, t.params) for t in load(tmp_path).trials]
+    second = tune(make_options(tmp_path, n_trials=5, storage=where), schedule=schedule)
+    study = load(tmp_path)
+    assert len(study.get_trials(states=COMPLETE)) == 11
+    assert [(t.number, t.params) for t in study.trials[:6]] == before
+    assert (first.trials_run, second.trials_run, second.trials_total) == (6, 5, 11)
+    assert second.best.latency_s <= first.best.latency_s
+    # the resumed run does not replay the first run's draws
+    assert [t.params for t in study.trials[6:]] != [p for _, p in before[:5]]
+
+
+def test_interruption_keeps_the_finished_trials(tmp_path: Path, schedule: Schedule) -> None:
+    k = 4
+
+    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number == k - 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TuneInterrupted) as err:
+        tune(make_options(tmp_path, n_trials=20), schedule=schedule, callbacks=[stop])
+    assert err.value.finished == k and err.value.study_name == "test"
+    assert len(load(tmp_path).get_trials(states=COMPLETE)) == k
+    resumed = tune(make_options(tmp_path, n_trials=3), schedule=schedule)
+    assert resumed.trials_total == k + 3
+
+
+def test_infeasible_trials_are_recorded_and_the_best_is_feasible(tmp_path: Path,
+                                                                 schedule: Schedule) -> None:
+    result = tune(make_options(tmp_path, n_trials=30, sampler="random"), schedule=schedule)
+    trials = load(tmp_path).get_trials(states=COMPLETE)
+    no_fit = [t for t in trials if "missing_bytes" in t.user_attrs]
+    assert no_fit and all(t.constraints["peak_device"] >= t.user_attrs["missing_bytes"] > 0
+                          and t.value == INFEASIBLE_LATENCY_S for t in no_fit)
+    best = next(t for t in trials if t.number == result.best_trial)
+    assert all(v <= 0 for v in best.constraints.values())
+    assert result.best.fits and result.best.latency_s == best.value
+    assert result.trials_feasible == sum(all(v <= 0 for v in t.constraints.values())
+                                         for t in trials)
+    assert min(t.value for t in trials if all(v <= 0 for v in t.constraints.values())) == best.value
+
+
+def test_no_feasible_plan_says_the_smallest_budget(tmp_path: Path, schedule: Schedule,
+                                                   space: SearchSpace,
+                                                   profile: HardwareProfile) -> None:
+    with pytest.raises(NoFeasiblePlanError) as err:
+        tune(make_options(tmp_path, budget_bytes=20_000_000, n_trials=8), schedule=schedule)
+    exc = err.value
+    assert isinstance(exc, DoesNotFitError) and exc.exit_code == 3
+    assert exc.min_budget_bytes is not None and exc.min_budget_bytes > 20_000_000
+    assert "smallest budget estimated to fit" in str(exc)
+    # the frugal plan of the space fits in the estimate
+    e = Evaluator(schedule, profile, budget_bytes=exc.min_budget_bytes,
+                  host_budget_bytes=profile.host_ram_bytes)
+    assert exc.min_budget_bytes <= e.needed_budget(space.frugal_plan())
+    assert e.evaluate(space.frugal_plan()).fits or exc.min_budget_bytes < e.needed_budget(
+        space.frugal_plan())
+
+
+def write_presets(folder: Path) -> dict[str, Plan]:
+    presets = {
+        "a-streamed": Plan(name="a-streamed", components=(
+            ("default", LayerwiseConfig(group_size=1, prefetch_depth=1)),)),
+        "b-mixed": Plan(name="b-mixed", host=HostOptions(pinned=False), components=(
+            ("dit", LayerwiseConfig(group_size=2, prefetch_depth=2, resident_blocks=3,
+                                    placement="spaced")),
+            ("text_encoder", OffloadConfig(prefetch=False)),
+            ("vae", LayerwiseConfig(group_size=2, prefetch_depth=0)))),
+        "c-capped": Plan(name="c-capped", host=HostOptions(pinned_budget_bytes=1),
+                         components=(("default", LayerwiseConfig()),)),
+        "d-too-big": Plan(name="d-too-big", components=(("default", ResidentConfig()),)),
+    }
+    folder.mkdir()
+    for name, plan in presets.items():
+        plan.save(folder / f"{name}.toml")
+    return presets
+
+
+def test_presets_that_fit_and_are_in_the_space_are_the_first_trials(
+        tmp_path: Path, schedule: Schedule) -> None:
+    presets = write_presets(tmp_path / "presets")
+    space = load_sweep(TINY_SWEEP).bind(schedule)
+    result = tune(make_options(tmp_path, n_trials=4, presets_dir=tmp_path / "presets"),
+                  schedule=schedule)
+    rows = {b.name: b for b in result.baselines}
+    queued = [name for name, b in rows.items() if b.params is not None and b.evaluation
+              and b.evaluation.feasible(result.host_budget_bytes)]
+    assert queued == ["a-streamed", "b-mixed"]
+    trials = load(tmp_path).trials
+    for trial, name in zip(trials, queued, strict=False):
+        assert trial.params == space.params_for(presets[name]) == rows[name].params
+    assert [t.user_attrs.get("preset") for t in trials[:4]] == [*queued, "frugal", None]
+    assert rows["c-capped"].params is None and "pinned_budget" in rows["c-capped"].why
+    assert rows["d-too-big"].params is not None  # in the space, but it does not fit: not queued
+    assert rows["d-too-big"].evaluation is not None and not rows["d-too-big"].evaluation.fits
+    # resuming does not queue them again
+    tune(make_options(tmp_path, n_trials=2, presets_dir=tmp_path / "presets"), schedule=schedule)
+    assert len([t for t in load(tmp_path).trials if t.user_attrs.get("preset")]) == 3
+
+
+def test_result_tables_json_and_plan_file(tmp_path: Path, schedule: Schedule) -> None:
+    write_presets(tmp_path / "presets")
+    result = tune(make_options(tmp_path, n_trials=8, presets_dir=tmp_path / "presets"),
+                  schedule=schedule)
+    comparison = result.comparison_frame()
+    assert list(comparison.plan[:1]) == ["tuned"] and comparison.speedup[0] == 1.0
+    fits = comparison[(comparison.source == "preset") & (comparison.fits == "yes")]
+    assert len(fits) >= 2 and (fits.speedup >= 1.0).all()  # presets were trials: never better
+    assert result.lower_bound_s <= result.best.latency_s
+    assert set(result.components_frame().component) == {"text_encoder", "transformer", "vae"}
+    doc: dict[str, Any] = result.to_dict()
+    assert doc["schema"] == 1 and doc["best"]["latency_s"] == result.best.latency_s
+    path = result.save_plan(tmp_path / "out" / "tuned.toml")
+    text = path.read_text()
+    assert text.startswith("# Tuned by `resbench tune`") and "vs preset a-streamed" in text
+    plan = tomllib.loads(text)
+    assert plan["schema"] == 1 and plan["name"].endswith("/50MB/tuned")
+    assert result.default_out_path() == Path(
+        "strategies/wan2.1-t2v-1.3b/h100-80g-50MB-scale0.05.tuned.toml")
+
+
+def test_pareto_front_with_nsga2(tmp_path: Path, schedule: Schedule) -> None:
+    result = tune(make_options(tmp_path, n_trials=12, objectives=("latency", "peak-memory"),
+                               budget_bytes=80_000_000), schedule=schedule)
+    assert result.sampler == "nsga2" and result.pareto
+    latencies = [e.latency_s for e in result.pareto]
+    assert latencies == sorted(latencies) and result.best.latency_s == latencies[0]
+    peaks = [e.peak_device_bytes for e in result.pareto]
+    assert peaks == sorted(peaks, reverse=True)
+
+
+def test_validate_without_a_gpu_says_the_result_is_simulated(tmp_path: Path,
+                                                             schedule: Schedule) -> None:
+    lines: list[str] = []
+    result = tune(make_options(tmp_path, n_trials=5, validate=2), schedule=schedule,
+                  log=lines.append)
+    assert result.result_note.startswith("simulated") and not result.validation
+    assert any("the result is simulated" in line for line in lines)
+
+
+class FakeMeasure:
+    """Stands in for resbench.measure: 'real' latency = simulated + 1 s per GiB moved."""
+
+    def __init__(self, schedule: Schedule, profile: HardwareProfile) -> None:
+        self.evaluator = Evaluator(schedule, profile, budget_bytes=10**12,
+                                   host_budget_bytes=10**12)
+        self.calls = 0
+
+    def prepare_weights(self, spec: Any, *, scale: float) -> str:
+        return "weights"
+
+    def measure_real(self, spec: Any, request: Any, plan: Plan, **kw: Any) -> dict[str, Any]:
+        self.calls += 1
+        r = self.evaluator.run(plan, kw["budget_bytes"])
+        return {"latency_s": r.latency_s + r.h2d_bytes / 2**30, "stall_s": r.stall_s,
+                "h2d_bytes": r.h2d_bytes, "d2h_bytes": r.d2h_bytes,
+                "peak_device_bytes": r.peak_device_bytes, "pinned_host_bytes": r.pinned_host_bytes}
+
+
+def test_validate_reruns_the_top_plans_and_the_real_best_wins(
+        tmp_path: Path, schedule: Schedule, profile: HardwareProfile,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeMeasure(schedule, profile)
+    monkeypatch.setattr("resbench.tune.runner.find_measure", lambda: (fake, ""))
+    result = tune(make_options(tmp_path, n_trials=15, validate=3), schedule=schedule)
+    assert fake.calls == len(result.validation) == 3
+    real = [v.real_latency_s for v in result.validation if v.real_latency_s is not None]
+    assert result.best.measured and result.best.latency_s == min(real)
+    assert result.result_note.startswith("measured on the GPU")
