@@ -67,6 +67,8 @@ class ScheduleIndex:
 
     _cache: dict[int, ScheduleIndex] = {}
     _cache_size = 8
+    max_visit_tables = 64
+    """Visit tables kept (~0.5 MB each for a 40-step Wan2.2 DiT; ~2 ms to rebuild)."""
 
     def __init__(self, schedule: Schedule) -> None:
         self.schedule = schedule
@@ -114,9 +116,12 @@ class ScheduleIndex:
         """Visits of `component` when its streamed blocks form `groups` (lists of unit names)
         and `depth` groups are kept in flight ahead of the one computing."""
         key = (component, tuple(tuple(g) for g in groups), depth)
-        table = self._visits.get(key)
+        table = self._visits.pop(key, None)
         if table is None:
-            table = self._visits[key] = self._build_visits(component, groups, depth)
+            table = self._build_visits(component, groups, depth)
+            if len(self._visits) >= self.max_visit_tables:
+                self._visits.pop(next(iter(self._visits)))  # the least recently used
+        self._visits[key] = table
         return table
 
     def _build_visits(self, component: str, groups: Sequence[Sequence[str]],
