@@ -73,3 +73,41 @@ def simulate_synthetic(plan: Plan | None = None, steps: int = 3) -> tuple[Schedu
 GOLDEN_META = {"name": "synthetic", "model": "synthetic", "plan": "synthetic-stream",
                "device_label": "GPU 0 (simulated h100-80g)", "hardware": "h100-80g",
                "capacity_bytes": CAPACITY}
+
+
+def make_study(storage: str, name: str = "synthetic-study", *, two_objectives: bool = False,
+               context: dict | None = None):
+    """An optuna study shaped as `resbench tune` stores one: presets queued first, trials
+    with plan TOML, memory numbers and constraints (≤ 0: fits) in their attributes."""
+    import warnings
+
+    import optuna
+
+    from resbench.residency import LayerwiseConfig
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage,
+                                directions=["minimize"] * (2 if two_objectives else 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["latency_s", "peak_device_bytes"][: 2 if two_objectives else 1])
+    for key, value in (context or {}).items():
+        study.set_user_attr(key, value)
+    dist = {"depth": optuna.distributions.IntDistribution(0, 3),
+            "group": optuna.distributions.IntDistribution(1, 4)}
+    for i in range(12):
+        depth, group = i % 4, 1 + i % 3
+        plan = synthetic_plan().with_components(dit=LayerwiseConfig(group_size=group, prefetch_depth=depth))
+        latency = 0.03 - 0.002 * depth + 0.001 * group
+        peak = int(1e8 * (1 + depth) * group)
+        fits = i % 5 != 4
+        attrs = {"plan_toml": plan.to_toml(), "plan_id": f"p{i}", "fits": fits,
+                 "latency_s": latency, "peak_device_bytes": peak, "pinned_host_bytes": 10**8}
+        if i < 2:
+            attrs["preset"] = ["diffusers-group-offload", "sglang-wan2.2"][i]
+        values = [latency, float(peak)] if two_objectives else [latency]
+        study.add_trial(optuna.trial.create_trial(
+            values=values if fits else [1e6] * len(values), params={"depth": depth, "group": group},
+            distributions=dist, user_attrs=attrs,
+            constraints={"peak_device": -1.0 if fits else 5e8}))
+    return study

@@ -1,0 +1,127 @@
+"""What a bigger budget buys: latency of a set of plans across device-memory budgets.
+
+Re-simulates the schedule (tracing off) for each (plan, budget); a plan that does not fit
+a budget is a row with ``fits = False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resbench.drivers.replay import simulate
+from resbench.errors import DoesNotFitError, InputError
+from resbench.hardware import HardwareProfile
+from resbench.residency.plan import Plan, plan_from_dict
+from resbench.residency.strategies import LayerwiseConfig
+from resbench.schedule import Schedule
+from resbench.trace import Tracer
+
+PRESET_DIRS = (Path("strategies/presets"),)
+
+
+def load_presets(folders: Iterable[Path] = PRESET_DIRS,
+                 kinds: Mapping[str, str] | None = None) -> dict[str, Plan]:
+    """Preset plans by name from `folders`; those naming components the model lacks (given
+    `kinds`) or that fail to load are left out."""
+    out: dict[str, Plan] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.toml")):
+            try:
+                plan = plan_from_dict(tomllib.loads(path.read_text()), source=str(path))
+                if kinds is not None:
+                    plan.check_components(dict(kinds), source=str(path))
+            except (InputError, tomllib.TOMLDecodeError):
+                continue
+            out.setdefault(plan.name, plan)
+    return out
+
+
+def frugal_plan() -> Plan:
+    """Every block streamed alone, nothing ahead: the least memory a plan can run in."""
+    return Plan(name="frugal", components=(("default", LayerwiseConfig(group_size=1, prefetch_depth=0)),))
+
+
+def default_budgets(schedule: Schedule, profile: HardwareProfile, points: int = 14) -> list[int]:
+    """Budgets from what the most frugal plan needs up to the card's capacity, in whole GB
+    where the range allows (10^9 B)."""
+    roomy = profile.with_capacity(1 << 50)
+    floor = simulate(schedule, frugal_plan(), roomy, capacity_bytes=1 << 50,
+                     tracer=Tracer(enabled=False)).peak_device_bytes
+    floor = int(floor / (1.0 - profile.fragmentation_fraction)) + 1
+    top = profile.memory_capacity_bytes
+    if floor >= top:
+        return [top]
+    grid = np.linspace(floor, top, points)
+    step = 10**9 if top - floor > points * 10**9 else 1
+    budgets = sorted({int(np.ceil(b / step) * step) for b in grid[1:-1]} | {floor, top})
+    return [b for b in budgets if b <= top]
+
+
+def budget_curve(schedule: Schedule, plans: Mapping[str, Plan], profile: HardwareProfile,
+                 budgets: Sequence[int]) -> pd.DataFrame:
+    """One row per (plan, budget): ``plan``, ``budget_bytes``, ``fits``, ``latency_s``,
+    ``stall_s``, ``peak_device_bytes``, ``missing_bytes`` (NaN latency when it does not fit)."""
+    rows = []
+    for name, plan in plans.items():
+        for budget in budgets:
+            try:
+                res = simulate(schedule, plan, profile, capacity_bytes=int(budget),
+                               tracer=Tracer(enabled=False))
+            except DoesNotFitError as exc:
+                rows.append({"plan": name, "budget_bytes": int(budget), "fits": False,
+                             "latency_s": np.nan, "stall_s": np.nan, "peak_device_bytes": 0,
+                             "missing_bytes": int(exc.missing_bytes)})
+                continue
+            rows.append({"plan": name, "budget_bytes": int(budget), "fits": True,
+                         "latency_s": res.latency_s, "stall_s": res.stall_s,
+                         "peak_device_bytes": res.peak_device_bytes, "missing_bytes": 0})
+    return pd.DataFrame(rows, columns=["plan", "budget_bytes", "fits", "latency_s", "stall_s",
+                                       "peak_device_bytes", "missing_bytes"])
+
+
+def _with_resident_blocks(plan: Plan, k: int) -> Plan:
+    table = {key: (dataclasses.replace(cfg, resident_blocks=k) if isinstance(cfg, LayerwiseConfig)
+                   else cfg) for key, cfg in plan.components}
+    return dataclasses.replace(plan, components=tuple(table.items()))
+
+
+def filled_curve(schedule: Schedule, plan: Plan, profile: HardwareProfile,
+                 budgets: Sequence[int], name: str | None = None) -> pd.DataFrame:
+    """`plan` with its layerwise components keeping as many blocks resident as each budget
+    allows (the same count for each; found by bisection): what the extra memory buys when
+    it is spent on the plan itself. Columns of `budget_curve` plus ``resident_blocks``.
+    """
+    streams = any(isinstance(cfg, LayerwiseConfig) for _, cfg in plan.components)
+    most = max((sum(1 for u in schedule.component_units(c) if u.block_index >= 0)
+                for c in schedule.components), default=0)
+    label = name or f"{plan.name} + resident blocks"
+    rows = []
+    for budget in budgets:
+        lo, hi, best = 0, most if streams else 0, None
+        while lo <= hi:
+            k = (lo + hi) // 2
+            try:
+                res = simulate(schedule, _with_resident_blocks(plan, k), profile,
+                               capacity_bytes=int(budget), tracer=Tracer(enabled=False))
+            except DoesNotFitError:
+                hi = k - 1
+                continue
+            best = (k, res)
+            lo = k + 1
+        if best is None:
+            rows.append({"plan": label, "budget_bytes": int(budget), "fits": False,
+                         "latency_s": np.nan, "stall_s": np.nan, "peak_device_bytes": 0,
+                         "missing_bytes": 0, "resident_blocks": 0})
+            continue
+        k, res = best
+        rows.append({"plan": label, "budget_bytes": int(budget), "fits": True,
+                     "latency_s": res.latency_s, "stall_s": res.stall_s,
+                     "peak_device_bytes": res.peak_device_bytes, "missing_bytes": 0,
+                     "resident_blocks": k})
+    return pd.DataFrame(rows)

@@ -1,0 +1,270 @@
+"""Report pages for saved runs: one run in full, or several side by side."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from resbench.analysis import RunAnalysis
+from resbench.analysis.budget import budget_curve, default_budgets, filled_curve, load_presets
+from resbench.analysis.compare import METRICS, run_metrics
+from resbench.cost import CostModel
+from resbench.hardware import profile_from_dict
+from resbench.report import figures
+from resbench.report.findings import run_findings
+from resbench.report.html import Card, Figure, Section, Table, format_table, kv_table, render_page
+from resbench.report.svg import figure_svg, style
+from resbench.run import Run
+from resbench.units import format_bytes
+
+PERFETTO_HINT = ("Every event of this run is in its trace: `resbench export trace RUN` writes a "
+                 ".json.gz that ui.perfetto.dev or chrome://tracing opens (one track per GPU "
+                 "queue, arrows from each prefetch to the compute that used it).")
+
+
+def _request_text(request: dict[str, Any]) -> str:
+    r = request
+    size = f"{r.get('height', '?')}x{r.get('width', '?')}"
+    if r.get("frames", 1) != 1:
+        size += f"x{r['frames']} frames"
+    cfg = "" if "cfg" not in r else (", CFG " + ("on" if r["cfg"] else "off"))
+    return f"{size}, {r.get('steps', '?')} steps{cfg}"
+
+
+def _budget(run: Run) -> int | None:
+    return run.capacity_bytes or run.result.get("budget_bytes") or run.result.get("capacity_bytes")
+
+
+def plan_table(run: Run) -> pd.DataFrame:
+    """The plan as it applies to each component of the model: strategy, knobs, source key."""
+    plan = run.plan
+    kinds: dict[str, str] = dict(run.schedule_summary.get("kinds", {}))
+    comps = run.schedule_summary.get("components", {})
+    names = list(kinds) or list(dict.fromkeys(c for c in run.events["component"] if c))
+    keys = dict(plan.components)
+    rows = []
+    for comp in names:
+        kind = kinds.get(comp, "")
+        cfg = plan.config_for(comp, kind)
+        source = next((k for k in (comp, kind, "default") if k in keys), "(unlisted: resident)")
+        knobs = ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
+        rows.append({"component": comp, "kind": kind,
+                     "weight_bytes": comps.get(comp, {}).get("weight_bytes", float("nan")),
+                     "strategy": cfg.name, "knobs": knobs or "–", "from [components.*]": source})
+    return pd.DataFrame(rows)
+
+
+def _what_ran(run: Run, sid: str) -> Section:
+    p = run.profile
+    plan = run.plan
+    hardware = [("profile", p.get("name", "?")), ("description", p.get("description", ""))]
+    for key, label, div, unit in (
+            ("memory_capacity_bytes", "device memory", 1e9, "GB"),
+            ("h2d_pinned_bytes_per_s", "H2D pinned", 1e9, "GB/s"),
+            ("h2d_pageable_bytes_per_s", "H2D pageable", 1e9, "GB/s"),
+            ("d2h_pinned_bytes_per_s", "D2H pinned", 1e9, "GB/s"),
+            ("gemm_flops_per_s", "bf16 GEMM", 1e12, "TFLOP/s")):
+        if key in p:
+            hardware.append((label, f"{p[key] / div:,.1f} {unit}"))
+    if "copy_engines" in p:
+        hardware.append(("copy engines", f"{p['copy_engines']} ({'duplex' if p.get('duplex_copies') else 'one direction at a time'})"))
+    budget = _budget(run)
+    ran = [("model", run.model), ("request", _request_text(run.request)),
+           ("device", "simulator" if run.device == "sim" else run.device),
+           ("budget", format_bytes(budget) if budget else "the whole card"),
+           ("plan", plan.name), ("policy", plan.policy),
+           ("buffer margin", format_bytes(plan.buffer_margin_bytes)),
+           ("host copies", "pinned" if plan.host.pinned else "pageable")]
+    if plan.description:
+        ran.append(("plan description", plan.description))
+    versions = kv_table(sorted(run.versions.items()))
+    return Section(id=f"{sid}-what", title="What ran", tables=[
+        Table("Run", kv_table(ran)), Table("Hardware", kv_table(hardware)),
+        Table("Plan, per component", format_table(plan_table(run))),
+        Table("Plan TOML", f"<pre><code>{_escape(run.plan_toml)}</code></pre>", collapsed=True),
+        Table("Versions", versions, collapsed=True)])
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | None]:
+    if run.schedule is None:
+        return None, None
+    profile = profile_from_dict(run.profile, where=f"run {run.name}")
+    budgets = default_budgets(run.schedule, profile)
+    if _budget(run) and _budget(run) not in budgets and _budget(run) <= profile.memory_capacity_bytes:
+        budgets = sorted({*budgets, int(_budget(run))})
+    this = f"this plan ({run.plan.name})"
+    plans = {this: run.plan}
+    plans.update({k: v for k, v in load_presets(kinds=run.schedule.kinds).items() if k != run.plan.name})
+    curve = budget_curve(run.schedule, plans, profile, budgets)
+    filled = filled_curve(run.schedule, run.plan, profile, budgets,
+                          name="this plan + resident blocks")
+    curve = pd.concat([curve, filled.drop(columns=["resident_blocks"])], ignore_index=True)
+    with style():
+        fig = figures.budget_figure(curve, budget_bytes=_budget(run), highlight=this,
+                                    bound_s=float(sum(CostModel(profile).call_times(run.schedule.calls))))
+    table = curve.pivot(index="budget_bytes", columns="plan", values="latency_s").reset_index()
+    table.columns = [str(c) if c == "budget_bytes" else f"{c} (s)" for c in table.columns]
+    table = table.rename(columns={"budget_bytes": "budget_bytes"})
+    top = curve[curve["budget_bytes"] == curve["budget_bytes"].max()]
+    never = [f"{r.plan} does not fit even {format_bytes(r.budget_bytes)} "
+             f"({format_bytes(r.missing_bytes)} short)" for r in top.itertuples() if not r.fits]
+    section = Section(
+        id=f"{sid}-budget", notes=[n + "." for n in never], title="What a bigger budget buys",
+        intro=("The recorded schedule re-simulated at other budgets: this plan, the presets in "
+               "strategies/presets, and this plan keeping as many blocks resident as each budget "
+               "allows. A missing point means the plan does not fit that budget."),
+        figures=[Figure(figure_svg(fig, f"{sid}-fig-budget"))],
+        tables=[Table("Latency by budget (s; – = does not fit)",
+                      format_table(table.set_axis([c.removesuffix(" (s)") for c in table.columns], axis=1)),
+                      collapsed=True)])
+    return section, curve
+
+
+def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], list[Section], dict[str, Any]]:
+    """Cards, sections and embedded data of one run; ids start with `sid`."""
+    a = RunAnalysis(run.events, run.profile, run.schedule)
+    s = a.summary()
+    budget = _budget(run)
+    peak = s["peak_device_bytes"] or int(run.result.get("peak_device_bytes", s["peak_ledger_bytes"]))
+    colors = figures.palette([c for c in run.events["component"] if c])
+    windows = a.stages()[["stage", "start_s", "end_s"]]
+    cards = [
+        Card("latency", f"{s['latency_s']:.3f} s",
+             f"{100 * (s['ratio_to_bound'] - 1):.1f}% above the {s['bound']} bound {s['lower_bound_s']:.3f} s"),
+        Card("stalled on copies", f"{s['stall_s']:.3f} s", f"{100 * s['stall_s'] / s['latency_s']:.1f}% of the latency"),
+        Card("copied to the GPU", format_bytes(s["h2d_bytes"]),
+             f"at {s['achieved_h2d_bytes_per_s'] / 1e9:.1f} GB/s ({100 * s['h2d_fraction_of_peak']:.0f}% of peak)"
+             if s["h2d_bytes"] else "nothing moved"),
+        Card("peak device memory", format_bytes(peak),
+             f"of a {format_bytes(budget)} budget" if budget else ""),
+        Card("pinned host memory", format_bytes(int(run.result.get("pinned_host_bytes", s["pinned_host_bytes"])))),
+        Card("prefetches in time", f"{s['prefetch_hits']}",
+             f"{s['late_prefetches']} late, {s['demand_loads']} on demand, {s['unused_prefetches']} unused"),
+    ]
+    sections = [Section(id=f"{sid}-findings", title="Findings", bullets=run_findings(a, budget_bytes=budget))]
+    sections.append(_what_ran(run, sid))
+    with style():
+        zoom = figures.zoom_window(run.events, windows)
+        timeline = figures.timeline_figure(run.events, windows, a.steps(), colors, zoom)
+        peak_table = a.resident_at_peak()
+        top = peak_table.iloc[0] if len(peak_table) else None
+        note = f"peak {format_bytes(peak)}" + (f": {top['component']}" if top is not None else "")
+        memory = figures.memory_figure(
+            a.memory(), windows, budget_bytes=budget, usable_bytes=run.result.get("capacity_bytes"),
+            margin_bytes=run.plan.buffer_margin_bytes if run.plan.policy == "dynamic" else 0,
+            activations=a.activations(), peak_note=note)
+        breakdown = figures.breakdown_figure(a.stages(), a.steps(), colors)
+        components = figures.components_figure(a.components(), colors)
+    sections.append(Section(
+        id=f"{sid}-timeline", title="Timeline",
+        intro=("Rows are the GPU's queues: the compute stream (one bar per unit call, coloured by "
+               "component), time the compute stream spent waiting for a copy (red), and the copy "
+               "engines. Marks on the last row are residency decisions."),
+        figures=[Figure(figure_svg(timeline, f"{sid}-fig-timeline"), PERFETTO_HINT)]))
+    sections.append(Section(
+        id=f"{sid}-memory", title="Device memory",
+        intro=("The line is the allocator ledger (weights on the device, staging buffers, request "
+               "state); the shaded area adds the working memory of the call running at that moment, "
+               "which is what sets the peak." if a.activations() is not None else
+               "The allocator ledger: weights on the device, staging buffers, request state "
+               "(activations are not in this trace; the run's peak includes them)."),
+        figures=[Figure(figure_svg(memory, f"{sid}-fig-memory"))],
+        tables=[Table("What held the device at the peak", format_table(peak_table.rename(columns={
+                    "units": "units_on_device", "unit_bytes": "their_weight_bytes",
+                    "bytes": "allocated_bytes"}), hide=("t_s",)),
+                      note=f"at {float(top['t_s']):.3f} s" if top is not None else "")]))
+    stage_cols = ["stage", "wall_s", "compute_s", "stall_wall_s", "exposed_copy_s", "other_s",
+                  "transfer_s", "exposed_transfer_s", "h2d_bytes", "d2h_bytes"]
+    comp_cols = ["component", "compute_s", "compute_calls", "transfer_s", "exposed_transfer_s",
+                 "stall_s", "h2d_bytes", "d2h_bytes", "loads", "prefetch_hits", "late_prefetches",
+                 "demand_loads", "unused_prefetches", "prefetch_skips", "evictions"]
+    stages = a.stages()
+    stages = stages[(stages["stage"] != "setup") | (stages["wall_s"] > 0) | (stages["loads"] > 0)]
+    optional = ("exposed_copy_s", "other_s", "d2h_bytes", "unused_prefetches", "prefetch_skips",
+                "evictions", "late_prefetches")
+    sections.append(Section(
+        id=f"{sid}-breakdown", title="Where the time went",
+        intro=("Each stage's wall time splits into compute, stalls (compute waiting on a copy), "
+               "copies that ran while compute was neither running nor waiting, and idle time. "
+               "Exposed transfer = copy time not overlapped by any compute."),
+        figures=[Figure(figure_svg(breakdown, f"{sid}-fig-breakdown")),
+                 Figure(figure_svg(components, f"{sid}-fig-components"))],
+        tables=[Table("Per stage", format_table(stages[stage_cols], drop_zero=optional)),
+                Table("Per component", format_table(a.components()[comp_cols], drop_zero=optional),
+                      note="hits: prefetched and ready when needed; late: prefetched, still stalled; "
+                           "demand: copied when needed; unused: copied in, released unused.")]))
+    steps = a.steps()
+    if len(steps):
+        sections.append(Section(id=f"{sid}-steps", title="Denoising steps", tables=[
+            Table(f"{len(steps)} steps", format_table(steps), collapsed=len(steps) > 12)]))
+    sections.append(Section(
+        id=f"{sid}-yardsticks", title="Yardsticks",
+        intro="Achieved copy bandwidth against the hardware profile, and the latency against "
+              "max(total compute, H2D bytes / pinned bandwidth).",
+        tables=[Table("Copy bandwidth", format_table(a.bandwidth())),
+                Table("Lower bound", format_table(a.lower_bound())),
+                Table("Events", format_table(a.events()), collapsed=True)]))
+    budget_section, curve = _budget_section(run, sid)
+    if budget_section is not None:
+        sections.append(budget_section)
+    for sec in sections:
+        sec.level = level
+    data = {"name": run.name, "meta": run.meta(), "summary": s, "tables": {
+        "stages": a.stages(), "components": a.components(), "steps": steps,
+        "resident_at_peak": peak_table, "bandwidth": a.bandwidth(),
+        "lower_bound": a.lower_bound(), "events": a.events(),
+        "budget_curve": curve if curve is not None else []}}
+    return cards, sections, data
+
+
+def run_subtitle(run: Run) -> str:
+    budget = _budget(run)
+    where = "simulated on " if run.device == "sim" else "on "
+    return (f"{run.model}, {_request_text(run.request)} — plan {run.plan.name} — "
+            f"{where}{run.profile.get('name', run.device)}"
+            + (f", {format_bytes(budget)} budget" if budget else ""))
+
+
+def comparison_table(runs: Sequence[Run]) -> pd.DataFrame:
+    metrics = [run_metrics(r) for r in runs]
+    rows = []
+    for metric, better in METRICS:
+        row: dict[str, Any] = {"metric": metric, "better": better}
+        for name, m in zip(run_names(runs), metrics, strict=True):
+            row[name] = m.get(metric)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_names(runs: Sequence[Run]) -> list[str]:
+    names = [r.name for r in runs]
+    return names if len(set(names)) == len(names) else [f"{i}: {n}" for i, n in enumerate(names)]
+
+
+def comparison_section(runs: Sequence[Run]) -> tuple[Section, pd.DataFrame]:
+    """Runs side by side: a table of metrics and overlaid bars."""
+    names = run_names(runs)
+    metrics = pd.DataFrame([{**run_metrics(r), "capacity_bytes": _budget(r) or 0} for r in runs])
+    with style():
+        fig = figures.compare_figure(names, metrics)
+    table = comparison_table(runs)
+    shown = table.drop(columns=["better"]).set_index("metric").T.reset_index().rename(
+        columns={"index": "run"})
+    return Section(id="compare", title="Comparison", figures=[Figure(figure_svg(fig, "cmp-fig"))],
+                   tables=[Table("Runs side by side", format_table(shown))]), table
+
+
+def run_page(run: Run) -> str:
+    """The page of one run."""
+    cards, sections, data = run_sections(run, "r0")
+    return render_page(title=f"resbench: {run.name}", subtitle=run_subtitle(run), cards=cards,
+                       sections=sections, data={"kind": "run", "runs": [data], "studies": []})
