@@ -188,27 +188,3 @@ def _profile_cuda(model: str, request: Request, plan: Plan, profile: HardwarePro
     extra = {k: v for k, v in out.items() if k not in known}
     return ProfileResult(model=spec.name, device="cuda", hardware=profile.name, request=request,
                          plan=plan, budget_bytes=budget, extra=extra, **fields)
-
-
-def stage_summary(trace: pd.DataFrame) -> pd.DataFrame:
-    """Per stage: latency, compute, stall (exposed transfer), H2D bytes and transfer time."""
-    rows = []
-    enters = trace[trace.kind == "stage_enter"]
-    exits = trace[trace.kind == "stage_exit"]
-    for (_, a), (_, b) in zip(enters.iterrows(), exits.iterrows(), strict=False):
-        inside = trace[(trace.stage == a.stage)]
-        compute = inside[inside.kind == "compute"]
-        loads = inside[inside.kind == "load"]
-        waits = inside[inside.kind == "wait"]
-        rows.append({
-            "stage": a.stage,
-            "latency_s": float(b.t_s - a.t_s),
-            "compute_s": float((compute.end_s - compute.t_s).sum()),
-            "stall_s": float(waits.stall_s.sum()),
-            "h2d_gb": float(loads.bytes.sum() / 1e9),
-            "transfer_s": float((loads.end_s - loads.t_s).sum()),
-        })
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["hidden_transfer_s"] = (frame.transfer_s - frame.stall_s).clip(lower=0)
-    return frame

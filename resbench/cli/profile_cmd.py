@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pandas as pd
 
+from resbench.analysis import stage_breakdown
 from resbench.cli.common import (
     SIZE,
     emit,
@@ -15,7 +17,10 @@ from resbench.cli.common import (
     request_overrides,
     stderr,
 )
-from resbench.profile import run_profile, stage_summary
+from resbench.profile import ProfileResult, run_profile
+from resbench.report.build import write_report
+from resbench.report.chrome_trace import run_to_chrome_trace, write_chrome_trace
+from resbench.run import load_run, save_run
 from resbench.units import describe_bytes, format_bytes
 
 
@@ -28,11 +33,14 @@ from resbench.units import describe_bytes, format_bytes
 @click.option("--hardware", default=None, help="Hardware preset or profile TOML (default: detect, else h100-80g).")
 @click.option("--scale", type=float, default=1.0, help="Shrink the model (tests, --device cpu).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for the trace and report (default runs/<model>-<device>-<plan>).")
+              help="Run folder: events, plan, schedule, Chrome trace (default runs/<model>-<device>-<plan>).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="HTML report path (default reports/<run folder name>.html).")
 @request_options
 @json_option
 def command(model: str, plan: str | None, budget: int | None, device: str, hardware: str | None,
-            scale: float, out_dir: Path | None, as_json: bool, **kwargs: object) -> None:
+            scale: float, out_dir: Path | None, report_path: Path | None, as_json: bool,
+            **kwargs: object) -> None:
     """Run one request under one plan and show where its time went."""
     if device == "auto":
         import torch
@@ -44,7 +52,7 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
     res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
                       scale=scale, **request_overrides(kwargs))
     out_dir = out_dir or Path("runs") / f"{res.model}-{res.device}-{res.plan.name}"
-    paths = write_outputs(res, out_dir)
+    paths = write_outputs(res, out_dir, report_path)
     r = res.request
     achieved = _achieved_h2d(res)
     data = {
@@ -69,32 +77,28 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
     if achieved == achieved and res.h2d_peak_bytes_per_s == res.h2d_peak_bytes_per_s:
         lines.append(f"achieved H2D {achieved / 1e9:.1f} GB/s "
                      f"({100 * achieved / res.h2d_peak_bytes_per_s:.0f}% of the {res.h2d_peak_bytes_per_s / 1e9:.1f} GB/s peak)")
-    lines += [f"{name}: {path}" for name, path in paths.items()]
-    emit(data, as_json=as_json, tables=[("stages", stage_summary(res.trace))], lines=lines)
+    lines += [f"{name}: {paths[name]}" for name in ("run", "chrome_trace", "report")]
+    emit(data, as_json=as_json, tables=[("stages", _stage_table(res))], lines=lines)
 
 
-def _achieved_h2d(res: object) -> float:
-    trace = res.trace  # type: ignore[attr-defined]
-    loads = trace[(trace.kind == "load") & (trace.stream == "h2d")]
+def _achieved_h2d(res: ProfileResult) -> float:
+    loads = res.trace[(res.trace.kind == "load") & (res.trace.stream == "h2d")]
     busy = float((loads.end_s - loads.t_s).sum())
     return float(loads.bytes.sum()) / busy if busy > 0 else float("nan")
 
 
-def write_outputs(res: object, out_dir: Path) -> dict[str, Path]:
-    """Trace (Parquet or CSV), plan TOML; the run format and report when available."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    try:
-        from resbench.run import save_run
-    except ModuleNotFoundError:
-        save_run = None
-    if save_run is not None:
-        paths.update(save_run(out_dir, res))
-    else:
-        trace_path = out_dir / "trace.csv.gz"
-        res.trace.to_csv(trace_path, index=False)  # type: ignore[attr-defined]
-        paths["trace"] = trace_path
-        plan_path = out_dir / "plan.toml"
-        plan_path.write_text(res.plan.to_toml())  # type: ignore[attr-defined]
-        paths["plan"] = plan_path
+def _stage_table(res: ProfileResult) -> pd.DataFrame:
+    table = stage_breakdown(res.trace)
+    cols = ["stage", "wall_s", "compute_s", "stall_s", "exposed_copy_s", "copy_s",
+            "hidden_copy_s", "h2d_bytes", "d2h_bytes"]
+    return table[[c for c in cols if c in table.columns]]
+
+
+def write_outputs(res: ProfileResult, out_dir: Path, report: Path | None) -> dict[str, Path]:
+    """The run folder (events, plan, schedule, results), its Chrome trace and HTML report."""
+    paths = save_run(out_dir, res)
+    run = load_run(out_dir)
+    paths["chrome_trace"] = write_chrome_trace(run_to_chrome_trace(run), out_dir / "trace.json.gz")
+    report = report or Path("reports") / f"{out_dir.name}.html"
+    paths["report"] = write_report(report, runs=[run])
     return paths

@@ -48,12 +48,15 @@ def test_unknown_model_exit_2_with_close_matches() -> None:
 def test_profile_on_the_simulator_by_default(tmp_path: Path) -> None:
     result = resbench("profile", "--model", "wan2.1-1.3b", "--steps", "2", "--height", "480",
                       "--width", "832", "--budget", "24GB", "--device", "sim",
-                      "--out", str(tmp_path / "run"), "--json")
+                      "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.html"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["device"] == "sim" and doc["hardware"] == "h100-80g"
     assert doc["latency_s"] > doc["compute_s"] * 0.99 > 0
     assert doc["peak_device_bytes"] <= 24 * 10**9
+    outputs = doc["outputs"]
+    assert Path(outputs["report"]).is_file() and Path(outputs["chrome_trace"]).is_file()
+    assert (tmp_path / "run" / "run.json").is_file()
 
 
 @pytest.mark.parametrize("args, code, text", [
