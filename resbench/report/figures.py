@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from resbench.analysis.breakdown import span_rows
-from resbench.analysis.intervals import cover
+from resbench.analysis.intervals import cover, covered_until
 
 GB = 1e9
 STALL = "#d62728"
@@ -37,13 +37,36 @@ def palette(components: Sequence[str]) -> dict[str, str]:
     return {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(dict.fromkeys(components))}
 
 
-def _merged(spans: pd.DataFrame, min_gap_s: float) -> list[tuple[float, float]]:
-    """Spans as (start, width) with gaps below `min_gap_s` closed: one rectangle per run
-    of back-to-back work keeps the SVG small without changing what the eye sees."""
-    if spans.empty:
-        return []
-    s, e = cover(spans["t_s"].to_numpy(), spans["end_s"].to_numpy() + min_gap_s)
-    return [(a, b - a - min_gap_s) for a, b in zip(s, e, strict=True)]
+def _occupancy(spans: pd.DataFrame, edges: np.ndarray) -> np.ndarray:
+    """Share of each bin [edges[i], edges[i+1]) covered by `spans`, in [0, 1]."""
+    c = cover(spans["t_s"].to_numpy(), spans["end_s"].to_numpy())
+    return np.diff(covered_until(c, edges)) / np.diff(edges)
+
+
+def _draw_row(ax: Axes, spans: pd.DataFrame, y: float, colors: dict[str, str] | str,
+              edges: np.ndarray | None) -> None:
+    """One queue's row: a bar per span (`edges` None), or per time bin a bar as tall as the
+    share of the bin the queue was busy, stacked by component (a wide view cannot show
+    gaps shorter than a bin, and closing them would show an idle link as busy)."""
+    parts = [(colors, spans)] if isinstance(colors, str) else [
+        (colors.get(comp, "#888888"), part) for comp, part in spans.groupby("component", sort=False)]
+    if edges is None:
+        for color, part in parts:
+            ax.broken_barh(list(zip(part["t_s"], part["end_s"] - part["t_s"], strict=True)),
+                           (y - 0.35, 0.7), facecolor=color, edgecolor="white", linewidth=0.8)
+        return
+    # one filled step outline per component (no seams between bins), with shares rounded to
+    # 1% and only the bins where the outline changes kept (a small SVG)
+    bottom = np.zeros(len(edges))
+    for color, part in parts:
+        top = bottom + 0.7 * np.round(np.append(_occupancy(part, edges), 0.0), 2)
+        if not (top > bottom).any():
+            continue
+        keep = np.ones(len(edges), dtype=bool)
+        keep[1:-1] = (np.diff(top)[:-1] != 0) | (np.diff(bottom)[:-1] != 0)
+        ax.fill_between(edges[keep], (y - 0.35 + bottom)[keep], (y - 0.35 + top)[keep],
+                        step="post", color=color, lw=0)
+        bottom = top
 
 
 def _stage_bands(ax: Axes, windows: pd.DataFrame, t0: float, t1: float, *, labels: bool) -> None:
@@ -62,8 +85,7 @@ def _timeline_axes(ax: Axes, frame: pd.DataFrame, colors: dict[str, str], t0: fl
                    windows: pd.DataFrame, steps: pd.DataFrame, *, title: str,
                    detail: bool = False) -> None:
     window = frame[(frame["end_s"].fillna(frame["t_s"]) >= t0) & (frame["t_s"] <= t1)]
-    gap = 0.0 if detail else (t1 - t0) / 1500.0
-    edge = {"edgecolor": "white", "linewidth": 0.8} if detail else {"lw": 0}
+    edges = None if detail else np.linspace(t0, t1, 601)
     rows: list[tuple[str, pd.DataFrame, str | None]] = [
         ("compute", span_rows(window, "compute"), None),
         ("waiting on a copy", span_rows(window, "wait").query("stall_s > 0"), STALL),
@@ -76,13 +98,7 @@ def _timeline_axes(ax: Axes, frame: pd.DataFrame, colors: dict[str, str], t0: fl
     names = [name for name, _, _ in rows] + (["decisions"] if decided.any() else [])
     y = {name: len(names) - 1 - i for i, name in enumerate(names)}
     for name, spans, color in rows:
-        if color is not None:
-            ax.broken_barh(_merged(spans, gap), (y[name] - 0.35, 0.7), facecolor=color, **edge)
-            continue
-        for comp, part in spans.groupby("component", sort=False):
-            bars = _merged(part, gap) if gap else list(zip(part["t_s"], part["end_s"] - part["t_s"],
-                                                            strict=True))
-            ax.broken_barh(bars, (y[name] - 0.35, 0.7), facecolor=colors.get(comp, "#888888"), **edge)
+        _draw_row(ax, spans, y[name], color or colors, edges)
         if detail and name == "compute":
             for r in spans.itertuples():
                 a, b = max(r.t_s, t0), min(r.end_s, t1)
@@ -123,7 +139,8 @@ def timeline_figure(frame: pd.DataFrame, windows: pd.DataFrame, steps: pd.DataFr
     panels = 2 if zoom else 1
     fig, axes = plt.subplots(panels, 1, figsize=(11, 2.6 * panels + 0.6), squeeze=False)
     _timeline_axes(axes[0][0], frame, colors, t0, t1, windows, steps,
-                   title="Timeline of the request: what each GPU queue was doing")
+                   title="Timeline of the request: how busy each GPU queue was (bar height = "
+                         "share of the time)")
     if zoom:
         z0, z1 = zoom
         _timeline_axes(axes[1][0], frame, colors, z0, z1, windows, steps, detail=True,
@@ -154,16 +171,38 @@ def zoom_window(frame: pd.DataFrame, windows: pd.DataFrame, calls: int = 14) -> 
     return t0, t1
 
 
+def _envelope(starts: np.ndarray, ends: np.ndarray, values: np.ndarray,
+              bins: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of `values` over each of `bins` equal time bins (the calls overlapping
+    it): what a plot that wide can show, in a fixed number of points."""
+    t0, t1 = float(starts.min()), float(ends.max())
+    width = (t1 - t0) / bins or 1.0
+    first = np.clip(((starts - t0) / width).astype(int), 0, bins - 1)
+    last = np.clip(((ends - t0) / width).astype(int), 0, bins - 1)
+    counts = last - first + 1
+    idx = np.repeat(first, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    top = np.zeros(bins)
+    np.maximum.at(top, idx, np.repeat(values, counts))
+    x = t0 + width * np.arange(bins + 1)
+    y = np.append(top, top[-1])
+    keep = np.ones(len(y), dtype=bool)
+    keep[1:-1] = np.diff(y)[:-1] != 0  # a step outline needs only its changes
+    return x[keep], y[keep]
+
+
 def memory_figure(memory: pd.DataFrame, windows: pd.DataFrame, *, budget_bytes: int | None,
                   usable_bytes: int | None = None, margin_bytes: int = 0,
                   activations: pd.DataFrame | None = None, peak_note: str = "") -> Figure:
     """Device memory over the request: the ledger (weights, staging pools, state) as a step
     line, ledger + each call's activations as a shaded area, the budget and margin lines."""
     fig, ax = plt.subplots(figsize=(11, 3.4))
+    changed = memory["device_bytes"].ne(memory["device_bytes"].shift())
+    changed.iloc[-1:] = True
+    memory = memory[changed]  # a step line needs only the changes (keeps the SVG small)
     t = memory["t_s"].to_numpy()
     if activations is not None and len(activations):
-        x = np.column_stack([activations["t_s"], activations["end_s"]]).ravel()
-        yv = np.column_stack([activations["device_bytes"], activations["ledger_bytes"]]).ravel()
+        x, yv = _envelope(activations["t_s"].to_numpy(), activations["end_s"].to_numpy(),
+                          activations["device_bytes"].to_numpy(dtype=float))
         ax.fill_between(x, yv / GB, step="post", color="#4c72b0", alpha=0.25, lw=0,
                         label="with the running call's activations")
         top = activations.loc[activations["device_bytes"].idxmax()]
@@ -203,7 +242,8 @@ def memory_figure(memory: pd.DataFrame, windows: pd.DataFrame, *, budget_bytes: 
 
 
 def _stacked(ax: Axes, labels: Sequence[str], table: pd.DataFrame,
-             parts: Sequence[tuple[str, str, str]], *, horizontal: bool = True) -> None:
+             parts: Sequence[tuple[str, str, str]], *, horizontal: bool = True,
+             notes: Sequence[str] = ()) -> None:
     pos = np.arange(len(labels))
     left = np.zeros(len(labels))
     for col, label, color in parts:
@@ -216,8 +256,9 @@ def _stacked(ax: Axes, labels: Sequence[str], table: pd.DataFrame,
     if horizontal:
         ax.set_yticks(pos, labels)
         ax.invert_yaxis()
-        for p, total in zip(pos, left, strict=True):
-            ax.text(total, p, f" {total:.3g} s", va="center", fontsize=8)
+        for i, (p, total) in enumerate(zip(pos, left, strict=True)):
+            note = notes[i] if i < len(notes) else ""
+            ax.text(total, p, f" {total:.3g} s{note}", va="center", fontsize=8)
         ax.set_xlim(0, max(left.max(), 1e-9) * 1.15)
         ax.grid(axis="y", visible=False)
     else:
@@ -234,7 +275,9 @@ def breakdown_figure(stages: pd.DataFrame, steps: pd.DataFrame,
     fig, axes = plt.subplots(1, 2 if has_steps else 1, figsize=(11, 2.2 + 0.35 * len(request)),
                              squeeze=False, gridspec_kw={"width_ratios": [3, 2] if has_steps else [1]})
     ax = axes[0][0]
-    _stacked(ax, list(request["stage"]), request, PARTS)
+    stalled = (request["stall_wall_s"] / request["wall_s"].where(request["wall_s"] > 0)).fillna(0)
+    notes = [f", {share:.0%} stalled" if share >= 0.05 else "" for share in stalled]
+    _stacked(ax, list(request["stage"]), request, PARTS, notes=notes)
     ax.set_xlabel("seconds")
     ax.set_title("Latency by stage")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
@@ -329,7 +372,7 @@ def budget_figure(curve: pd.DataFrame, *, budget_bytes: int | None = None,
         for plan in plans:
             part = curve[curve["plan"] == plan].sort_values("budget_bytes")
             y = part["latency_s"].where(part["fits"])
-            if k == 1 and not (y <= lo * 1.1).any():
+            if k == 1 and not (y <= lo * 1.03).any():
                 continue
             ax.plot(part["budget_bytes"] / GB, y, marker="o", ms=3,
                     lw=2.4 if plan == highlight else 1.2, color=colors[plan],
@@ -347,9 +390,9 @@ def budget_figure(curve: pd.DataFrame, *, budget_bytes: int | None = None,
         ax.set_ylabel("latency (s)")
     if len(best):
         floor = min(lo, bound_s or lo)
-        axes[1].set_ylim(floor - 0.01 * lo, lo * 1.1)
+        axes[1].set_ylim(floor - 0.003 * lo, lo * 1.03)
     axes[0].set_title("What a bigger budget buys (simulated)")
-    axes[1].set_title("Zoom: within 10% of the best")
+    axes[1].set_title("Zoom: within 3% of the best")
     fig.legend(loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.12 + 0.04 * (len(plans) // 4), 1, 1))
     return fig

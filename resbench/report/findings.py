@@ -44,8 +44,12 @@ def run_findings(a: RunAnalysis, *, budget_bytes: int | None) -> list[str]:
                    f"blocks, keeping components) is what helps.")
     if s["stall_s"] > 0:
         causes = stall_causes(a.frame, a.transfers())
+        first = next((st for st in a.stages()["stage"] if st != "setup"), "")
         parts = [f"{c.stall_s:.3f} s on {c.component} in {c.stage} ({c.waits} wait"
-                 f"{'s' if c.waits > 1 else ''}, {'not prefetched' if c.load == 'demand' else c.load + ' prefetch'})"
+                 f"{'s' if c.waits > 1 else ''}, "
+                 + ("cold start: nothing runs before the first stage to hide its copy"
+                    if c.load == "demand" and c.stage == first else
+                    "not prefetched" if c.load == "demand" else c.load + " prefetch") + ")"
                  for c in causes.itertuples()]
         out.append(f"Compute waited on copies for {s['stall_s']:.3f} s ({_pct(s['stall_s'], latency)} "
                    f"of the latency): " + "; ".join(parts) + ".")

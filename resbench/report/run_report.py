@@ -20,6 +20,9 @@ from resbench.report.svg import figure_svg, style
 from resbench.run import Run
 from resbench.units import format_bytes
 
+SHORT = {"stall_wall_s": "stalled_s", "other_s": "idle_s", "prefetch_hits": "hits",
+         "late_prefetches": "late", "demand_loads": "on_demand", "unused_prefetches": "unused",
+         "prefetch_skips": "skipped", "evictions": "evicted"}
 PERFETTO_HINT = ("Every event of this run is in its trace: `resbench export trace RUN` writes a "
                  ".json.gz that ui.perfetto.dev or chrome://tracing opens (one track per GPU "
                  "queue, arrows from each prefetch to the compute that used it).")
@@ -36,6 +39,14 @@ def _request_text(request: dict[str, Any]) -> str:
 
 def _budget(run: Run) -> int | None:
     return run.capacity_bytes or run.result.get("budget_bytes") or run.result.get("capacity_bytes")
+
+
+def _usable(run: Run) -> int | None:
+    """What the simulator lets a plan fill: the budget less the profile's fragmentation."""
+    if run.result.get("capacity_bytes"):
+        return int(run.result["capacity_bytes"])
+    budget, frag = _budget(run), run.profile.get("fragmentation_fraction")
+    return int(budget * (1.0 - frag)) if budget and frag else None
 
 
 def plan_table(run: Run) -> pd.DataFrame:
@@ -94,6 +105,31 @@ def _escape(text: str) -> str:
     return html.escape(text)
 
 
+def budget_notes(curve: pd.DataFrame, this: str, budget: int | None) -> list[str]:
+    """What the curve says in words: the best plan at this budget, and what the rest of the
+    card would buy if spent on resident blocks."""
+    notes = []
+    fit = curve[curve["fits"]]
+    if budget and (fit["budget_bytes"] == budget).any():
+        here = fit[fit["budget_bytes"] == budget].sort_values("latency_s", kind="stable")
+        best = here.iloc[0]
+        mine = here[here["plan"] == this]
+        if len(mine) and best["plan"] != this:
+            gain = 100 * (1 - best["latency_s"] / mine["latency_s"].iloc[0])
+            notes.append(f"At this budget ({format_bytes(budget)}) the fastest of these is "
+                         f"{best['plan']}: {best['latency_s']:.3f} s, {gain:.1f}% faster than this plan")
+        elif len(mine):
+            notes.append(f"At this budget ({format_bytes(budget)}) this plan is the fastest of these")
+    filled = fit[fit["plan"] == "this plan + resident blocks"].sort_values("budget_bytes")
+    if len(filled) >= 2:
+        first, last = filled.iloc[0], filled.iloc[-1]
+        gain = 100 * (1 - last["latency_s"] / first["latency_s"])
+        notes.append(f"Spending up to {format_bytes(last['budget_bytes'])} on resident blocks takes "
+                     f"this plan from {first['latency_s']:.3f} s to {last['latency_s']:.3f} s "
+                     f"({gain:.1f}%)")
+    return notes
+
+
 def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | None]:
     if run.schedule is None:
         return None, None
@@ -117,6 +153,7 @@ def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | 
     top = curve[curve["budget_bytes"] == curve["budget_bytes"].max()]
     never = [f"{r.plan} does not fit even {format_bytes(r.budget_bytes)} "
              f"({format_bytes(r.missing_bytes)} short)" for r in top.itertuples() if not r.fits]
+    never = budget_notes(curve, this, _budget(run)) + never
     section = Section(
         id=f"{sid}-budget", notes=[n + "." for n in never], title="What a bigger budget buys",
         intro=("The recorded schedule re-simulated at other budgets: this plan, the presets in "
@@ -159,16 +196,18 @@ def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], lis
         top = peak_table.iloc[0] if len(peak_table) else None
         note = f"peak {format_bytes(peak)}" + (f": {top['component']}" if top is not None else "")
         memory = figures.memory_figure(
-            a.memory(), windows, budget_bytes=budget, usable_bytes=run.result.get("capacity_bytes"),
+            a.memory(), windows, budget_bytes=budget, usable_bytes=_usable(run),
             margin_bytes=run.plan.buffer_margin_bytes if run.plan.policy == "dynamic" else 0,
             activations=a.activations(), peak_note=note)
         breakdown = figures.breakdown_figure(a.stages(), a.steps(), colors)
         components = figures.components_figure(a.components(), colors)
     sections.append(Section(
         id=f"{sid}-timeline", title="Timeline",
-        intro=("Rows are the GPU's queues: the compute stream (one bar per unit call, coloured by "
-               "component), time the compute stream spent waiting for a copy (red), and the copy "
-               "engines. Marks on the last row are residency decisions."),
+        intro=("Rows are the GPU's queues: the compute stream (coloured by component), the time it "
+               "spent waiting for a copy (red), and the copy engines. In the whole-request view a "
+               "bar's height is the share of that instant the queue was busy (full height: always); "
+               "the zoom shows every unit call and copy. Marks on a \"decisions\" row are residency "
+               "decisions (skipped prefetches, evictions, components kept)."),
         figures=[Figure(figure_svg(timeline, f"{sid}-fig-timeline"), PERFETTO_HINT)]))
     sections.append(Section(
         id=f"{sid}-memory", title="Device memory",
@@ -184,9 +223,9 @@ def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], lis
                       note=f"at {float(top['t_s']):.3f} s" if top is not None else "")]))
     stage_cols = ["stage", "wall_s", "compute_s", "stall_wall_s", "exposed_copy_s", "other_s",
                   "transfer_s", "exposed_transfer_s", "h2d_bytes", "d2h_bytes"]
-    comp_cols = ["component", "compute_s", "compute_calls", "transfer_s", "exposed_transfer_s",
-                 "stall_s", "h2d_bytes", "d2h_bytes", "loads", "prefetch_hits", "late_prefetches",
-                 "demand_loads", "unused_prefetches", "prefetch_skips", "evictions"]
+    comp_cols = ["component", "compute_s", "transfer_s", "exposed_transfer_s", "stall_s",
+                 "h2d_bytes", "d2h_bytes", "prefetch_hits", "late_prefetches", "demand_loads",
+                 "unused_prefetches", "prefetch_skips", "evictions"]
     stages = a.stages()
     stages = stages[(stages["stage"] != "setup") | (stages["wall_s"] > 0) | (stages["loads"] > 0)]
     optional = ("exposed_copy_s", "other_s", "d2h_bytes", "unused_prefetches", "prefetch_skips",
@@ -198,10 +237,13 @@ def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], lis
                "Exposed transfer = copy time not overlapped by any compute."),
         figures=[Figure(figure_svg(breakdown, f"{sid}-fig-breakdown")),
                  Figure(figure_svg(components, f"{sid}-fig-components"))],
-        tables=[Table("Per stage", format_table(stages[stage_cols], drop_zero=optional)),
-                Table("Per component", format_table(a.components()[comp_cols], drop_zero=optional),
-                      note="hits: prefetched and ready when needed; late: prefetched, still stalled; "
-                           "demand: copied when needed; unused: copied in, released unused.")]))
+        tables=[Table("Per stage", format_table(stages[stage_cols].rename(columns=SHORT),
+                                                drop_zero=optional + ("idle_s", "exposed_copy_s"))),
+                Table("Per component", format_table(a.components()[comp_cols].rename(columns=SHORT),
+                                                    drop_zero=optional + tuple(SHORT.values())),
+                      note="Copies of each unit: hits were prefetched and ready in time; late were "
+                           "prefetched but still waited for; on demand were copied when needed; "
+                           "unused were copied in and released without being used.")]))
     steps = a.steps()
     if len(steps):
         sections.append(Section(id=f"{sid}-steps", title="Denoising steps", tables=[

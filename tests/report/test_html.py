@@ -132,3 +132,15 @@ def test_study_with_context_draws_the_budget_curve(tmp_path):
     text = build_report([], load_studies(storage))
     check_page(text)
     assert "s0-fig-budget" in text
+
+
+def test_committed_example_is_self_contained():
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "reports" / "examples" / "wan2.2-h100-80g-48GB-sim.html"
+    if not example.is_file():
+        pytest.skip("no committed example")
+    check_page(example.read_text())
+    data = load_report_data(example)
+    assert data["runs"][0]["meta"]["model"] == "wan2.2-t2v-a14b"
+    assert data["runs"][0]["meta"]["capacity_bytes"] == 48 * 10**9
