@@ -21,8 +21,11 @@ def _slug(text: str) -> str:
               help="HTML file to write (default reports/<name>.html).")
 @click.option("--study", "study_name", default=None,
               help="Study name in a storage that holds several (default: all of them).")
+@click.option("--budget-curve/--no-budget-curve", default=True,
+              help="Re-simulate each run at other budgets (\"what a bigger budget buys\").")
 @json_option
-def command(sources: tuple[str, ...], out: Path | None, study_name: str | None, as_json: bool) -> None:
+def command(sources: tuple[str, ...], out: Path | None, study_name: str | None,
+            budget_curve: bool, as_json: bool) -> None:
     """Write an HTML report of saved runs (folders from `resbench profile`) and/or tuning
     studies (sqlite:///sweeps/x.db, a .db file or a journal .log). Several runs are compared
     side by side. The page works offline and embeds its numbers as JSON."""
@@ -46,7 +49,7 @@ def command(sources: tuple[str, ...], out: Path | None, study_name: str | None, 
         out = Path("reports") / (_slug(names[0]) if len(names) == 1 else
                                  _slug("-vs-".join(names[:3]))) .with_suffix(".html")
     stderr.print(f"building the report of {len(runs)} run(s) and {len(studies)} study(ies)")
-    path = write_report(out, runs, studies)
+    path = write_report(out, runs, studies, budget_curve=budget_curve)
     size = path.stat().st_size
     emit({"report": str(path), "bytes": size, "runs": [r.name for r in runs],
           "studies": [s.study_name for s in studies]}, as_json=as_json,

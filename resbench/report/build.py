@@ -17,11 +17,13 @@ from resbench.report.run_report import (
 from resbench.run import Run
 
 
-def build_report(runs: Sequence[Run] = (), studies: Sequence[Any] = ()) -> str:
+def build_report(runs: Sequence[Run] = (), studies: Sequence[Any] = (), *,
+                 budget_curve: bool = True) -> str:
     """One run: its page. One study: its page. Several: a comparison of the runs first,
-    then each run and each study in turn."""
+    then each run and each study in turn. `budget_curve` False leaves out the runs'
+    "what a bigger budget buys" (it re-simulates the schedule: seconds for a large model)."""
     if len(runs) == 1 and not studies:
-        return run_page(runs[0])
+        return run_page(runs[0], budget_curve=budget_curve)
     from resbench.report.study_report import study_sections
 
     if len(studies) == 1 and not runs:
@@ -40,7 +42,7 @@ def build_report(runs: Sequence[Run] = (), studies: Sequence[Any] = ()) -> str:
         sections.append(section)
         data["comparison"] = table
     for i, run in enumerate(runs):
-        cards, secs, d = run_sections(run, f"r{i}", level=3)
+        cards, secs, d = run_sections(run, f"r{i}", level=3, budget_curve=budget_curve)
         sections.append(_heading(f"r{i}", f"Run {names[i]}", run_subtitle(run), cards))
         sections.extend(secs)
         data["runs"].append(d)
@@ -59,5 +61,6 @@ def _heading(sid: str, title: str, intro: str, cards: list[Any]) -> Section:
     return Section(id=sid, title=title, intro=intro, tables=[Table("Summary", kv_table(pairs))])
 
 
-def write_report(path: str | Path, runs: Sequence[Run] = (), studies: Sequence[Any] = ()) -> Path:
-    return write_page(build_report(runs, studies), path)
+def write_report(path: str | Path, runs: Sequence[Run] = (), studies: Sequence[Any] = (), *,
+                 budget_curve: bool = True) -> Path:
+    return write_page(build_report(runs, studies, budget_curve=budget_curve), path)

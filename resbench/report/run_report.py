@@ -166,8 +166,10 @@ def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | 
     return section, curve
 
 
-def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], list[Section], dict[str, Any]]:
-    """Cards, sections and embedded data of one run; ids start with `sid`."""
+def run_sections(run: Run, sid: str, *, level: int = 2, budget_curve: bool = True
+                 ) -> tuple[list[Card], list[Section], dict[str, Any]]:
+    """Cards, sections and embedded data of one run; ids start with `sid`. `budget_curve`
+    False skips re-simulating the schedule at other budgets (the slowest part)."""
     a = RunAnalysis(run.events, run.profile, run.schedule)
     s = a.summary()
     budget = _budget(run)
@@ -255,7 +257,7 @@ def run_sections(run: Run, sid: str, *, level: int = 2) -> tuple[list[Card], lis
         tables=[Table("Copy bandwidth", format_table(a.bandwidth())),
                 Table("Lower bound", format_table(a.lower_bound())),
                 Table("Events", format_table(a.events()), collapsed=True)]))
-    budget_section, curve = _budget_section(run, sid)
+    budget_section, curve = _budget_section(run, sid) if budget_curve else (None, None)
     if budget_section is not None:
         sections.append(budget_section)
     for sec in sections:
@@ -305,8 +307,8 @@ def comparison_section(runs: Sequence[Run]) -> tuple[Section, pd.DataFrame]:
                    tables=[Table("Runs side by side", format_table(shown))]), table
 
 
-def run_page(run: Run) -> str:
+def run_page(run: Run, *, budget_curve: bool = True) -> str:
     """The page of one run."""
-    cards, sections, data = run_sections(run, "r0")
+    cards, sections, data = run_sections(run, "r0", budget_curve=budget_curve)
     return render_page(title=f"resbench: {run.name}", subtitle=run_subtitle(run), cards=cards,
                        sections=sections, data={"kind": "run", "runs": [data], "studies": []})

@@ -72,6 +72,22 @@ def _budget_curve(study: optuna.Study, ctx: dict[str, Any], best_plan: Any,
                    figures=[Figure(figure_svg(fig, f"{sid}-fig-budget"))]), curve
 
 
+def with_simulated_presets(base: pd.DataFrame, curve: pd.DataFrame | None,
+                           budget: Any) -> pd.DataFrame:
+    """`base` plus the presets the budget curve simulated at the study's budget that are
+    not trials of the study (those that did not fit, all-resident)."""
+    if curve is None or not budget:
+        return base
+    budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    here = curve[(curve["budget_bytes"] == budget) & ~curve["plan"].str.startswith("best plan")]
+    have = {p.split(" (")[0] for p in base["plan"]} | {
+        p.split(", ")[-1].rstrip(")") for p in base["plan"] if p.startswith("best (")}
+    extra = [{"plan": r.plan, "kind": "simulated", "latency_s": r.latency_s,
+              "peak_device_bytes": r.peak_device_bytes if r.fits else float("nan"), "fits": bool(r.fits)}
+             for r in here.itertuples() if r.plan not in have]
+    return pd.concat([base, pd.DataFrame(extra, columns=base.columns)], ignore_index=True) if extra else base
+
+
 def study_sections(study: optuna.Study, sid: str, *, level: int = 2
                    ) -> tuple[list[Card], list[Section], dict[str, Any]]:
     """Cards, sections and embedded data of one study; ids start with `sid`."""
@@ -154,15 +170,18 @@ def study_sections(study: optuna.Study, sid: str, *, level: int = 2
                                 figures=[Figure(figure_svg(pf, f"{sid}-fig-pareto"))],
                                 tables=[Table("Trials on the front", format_table(
                                     front[["number", *names[:2], "preset"]]))]))
+    budget_section, curve = _budget_curve(study, ctx, best_plan, sid)
+    base = with_simulated_presets(base, curve, ctx.get("budget_bytes"))
     if len(base):
         with style():
             bf = study_figures.baselines_figure(base)
         sections.append(Section(id=f"{sid}-presets", title="Best plan against the presets",
-                                intro="Presets reproduce other engines' offload modes; they were "
-                                      "queued as the study's first trials.",
+                                intro="Presets reproduce other engines' offload modes. Those that "
+                                      "fit were queued as the study's first trials; the others "
+                                      "(and all-resident) were simulated at the study's budget "
+                                      "when the study says what it tuned for.",
                                 figures=[Figure(figure_svg(bf, f"{sid}-fig-presets"))],
                                 tables=[Table("Plans", format_table(base))]))
-    budget_section, curve = _budget_curve(study, ctx, best_plan, sid)
     sections.append(budget_section)
     cols = [c for c in ("number", "state", "feasible", "preset", *names, "stall_s",
                         "pinned_host_bytes") if c in trials]

@@ -91,11 +91,18 @@ def test_tables_take_units_from_column_names():
     assert "share (%)" in html and "50.0" in html and "d2h" not in html
 
 
+def _data(text: str) -> dict:
+    import json
+
+    return json.loads(re.search(r'id="resbench-data">(.*?)</script>', text, re.S).group(1))
+
+
 def test_several_runs_are_compared(saved_run):
     run = load_run(saved_run)
-    text = build_report([run, run])
+    text = build_report([run, run], budget_curve=False)
     check_page(text)
     assert ">Comparison</h2>" in text and "0: synthetic" in text and "1: synthetic" in text
+    assert "What a bigger budget buys" not in text
 
 
 def test_study_page(tmp_path):
@@ -132,6 +139,8 @@ def test_study_with_context_draws_the_budget_curve(tmp_path):
     text = build_report([], load_studies(storage))
     check_page(text)
     assert "s0-fig-budget" in text
+    kinds = {(r["plan"], r["kind"]) for r in _data(text)["studies"][0]["baselines"]}
+    assert ("all-resident", "simulated") in kinds  # not a trial: simulated at the budget
 
 
 def test_committed_example_is_self_contained():
