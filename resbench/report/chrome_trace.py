@@ -10,7 +10,8 @@ Layout (integer pids and tids, named by ``M`` events):
 * pid 1 — the host. tid 1 residency manager (instant decisions: prepare, prefetch,
   prefetch_skip, keep, release, evict, with their reasons); tid 2 stages and
   ``ProfilerStep#N`` spans (``user_annotation``, one per denoising step, as HTA expects);
-  the counter track "pinned host memory (bytes)".
+  tid 3 the CUDA runtime calls that issued each GPU event (same ``correlation``); the
+  counter track "pinned host memory (bytes)".
 
 Each prefetched copy has a flow arrow (``bind_id`` with ``flow_out``/``flow_in``) to the
 compute span that first used the unit. Timestamps are µs with three decimals, derived from
@@ -39,7 +40,9 @@ from resbench.analysis.breakdown import span_rows, stage_windows
 
 GPU, HOST = 0, 1
 COMPUTE_TID, H2D_TID, D2H_TID = 7, 13, 14
-MANAGER_TID, STAGES_TID = 1, 2
+MANAGER_TID, STAGES_TID, RUNTIME_TID = 1, 2, 3
+RUNTIME = {"kernel": "cudaLaunchKernel", "gpu_memcpy": "cudaMemcpyAsync",
+           "cuda_sync": "cudaStreamWaitEvent"}
 INSTANT_KINDS = ("prepare", "prefetch", "prefetch_skip", "keep", "release", "evict")
 MEMCPY = {
     ("load", "h2d"): "Memcpy HtoD (Pinned -> Device)",
@@ -86,6 +89,7 @@ def _metadata(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         ("thread_name", GPU, D2H_TID, "stream 14 (D2H copy)"),
         ("thread_name", HOST, MANAGER_TID, "residency manager"),
         ("thread_name", HOST, STAGES_TID, "stages and steps"),
+        ("thread_name", HOST, RUNTIME_TID, "CUDA runtime (launches)"),
     ]
     out = [{"name": n, "ph": "M", "pid": pid, "tid": tid, "ts": 0, "args": {"name": label}}
            for n, pid, tid, label in names]
@@ -93,7 +97,7 @@ def _metadata(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "ts": 0,
                     "args": {"sort_index": order}})
     for pid, tid, order in ((GPU, COMPUTE_TID, 0), (GPU, H2D_TID, 1), (GPU, D2H_TID, 2),
-                            (HOST, STAGES_TID, 0), (HOST, MANAGER_TID, 1)):
+                            (HOST, STAGES_TID, 0), (HOST, MANAGER_TID, 1), (HOST, RUNTIME_TID, 2)):
         out.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "ts": 0,
                     "args": {"sort_index": order}})
     return out
@@ -212,6 +216,7 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
         if not kept(int(s.step)):
             _aggregate_step(ev, frame, int(s.step), corr)
 
+    _add_launches(ev)
     meta["detail"] = "all" if keep is None else f"steps {sorted(keep)} in full, others aggregated"
     doc: dict[str, Any] = {
         "traceEvents": _metadata(meta) + ev.sorted(),
@@ -225,6 +230,19 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
         doc["deviceProperties"] = [{"id": 0, "name": str(meta.get("device_label", "GPU 0")),
                                     "totalGlobalMem": int(meta["capacity_bytes"])}]
     return doc
+
+
+def _add_launches(ev: _Events) -> None:
+    """A zero-length runtime call on the host for each GPU event, with its correlation id:
+    HTA assigns GPU work to `ProfilerStep#N` through the launch that issued it. The
+    simulator keeps the host in lockstep with the device, so each launch sits at the start
+    of the work it issued."""
+    for ts_ns, _, e in list(ev.items):
+        name = RUNTIME.get(e.get("cat", ""))
+        if name is None or e.get("pid") != GPU:
+            continue
+        ev.add(ts_ns, {"name": name, "cat": "cuda_runtime", "ph": "X", "dur": 0.0, "pid": HOST,
+                       "tid": RUNTIME_TID, "args": {"correlation": e["args"]["correlation"]}})
 
 
 def _aggregate_step(ev: _Events, frame: pd.DataFrame, step: int, corr: Any) -> None:
@@ -252,8 +270,9 @@ def _aggregate_step(ev: _Events, frame: pd.DataFrame, step: int, corr: Any) -> N
 
 
 def dumps(doc: Mapping[str, Any]) -> str:
-    """Canonical JSON text: sorted keys, no spaces (what the golden file holds)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Canonical JSON text: sorted keys, one space after colons (HTA finds the rank with the
+    pattern `"rank":\\s+N`), none after commas. What the golden file holds."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ": "), allow_nan=False)
 
 
 def write_chrome_trace(doc: Mapping[str, Any], path: str | Path) -> Path:
