@@ -56,7 +56,7 @@ class ResidencyManager:
                 cfg = DisabledConfig()
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
         self._current: dict[str, UseInterval] = {}
-        self._handed_off: set[int] = set()
+        self._handed_off: dict[int, int] = {}  # next use → groups already handed to it
         self._ending: list[UseInterval] = []
         self._compute_start: Any = None
         self.h2d_bytes = 0
@@ -202,16 +202,21 @@ class ResidencyManager:
         return s.device_bytes()
 
     def handoff_prefetch(self, s: Strategy, groups: int) -> None:
+        """Have the first `groups` groups of the use after `s`'s current one in flight (`s`'s
+        prefetch depth reaches past the end of its use). Called again with more groups as
+        `s` nears its end; each call tops up to `groups`."""
         use = self._current.get(s.component)
         if use is None:
             return
         nxt = self.next_use(after=use.index)
-        if nxt is None or nxt.index in self._handed_off or not nxt.allow_prefetch:
+        if nxt is None or not nxt.allow_prefetch or self._handed_off.get(nxt.index, 0) >= groups:
             return
-        self._handed_off.add(nxt.index)
+        self._handed_off[nxt.index] = groups
         target = self.strategies[nxt.component]
         if target.resident or target.kept:
             return
+        if target is s and self.policy.keep_reason(self, use) is None:
+            return  # released when this use ends: what came in now would be dropped unused
         target.use = nxt
         target.head_prefetch(groups)
 

@@ -271,3 +271,45 @@ def test_simulate_matches_the_driver_and_needs_no_tracer() -> None:
     quiet = simulate(schedule, p, ideal_profile(), tracer=Tracer(enabled=False), call_times_s=times)
     traced, _, _ = run(schedule, times, p)
     assert quiet == traced
+
+
+def expert_switch() -> tuple[Schedule, list[float]]:
+    """Two DiT experts in one stage (Wan2.2): 1 MB rest (0.5 ms), four 2 MB blocks (1 ms)."""
+    blocks = {f"blocks.{i}": 2 * MB for i in range(4)}
+    units = {"hi": {"rest": MB, **blocks}, "lo": {"rest": MB, **blocks}}
+    schedule = synthetic_schedule(units, [("denoise", c, u) for c in units for u in units[c]])
+    return schedule, [0.5 * MS, MS, MS, MS, MS] * 2
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_the_prefetch_depth_carries_across_the_expert_switch(depth: int) -> None:
+    """`prefetch_depth` groups of the next expert are in flight when the first one ends, as
+    within an expert (the hand-off used to stop after its first group)."""
+    _, frame, _ = run(*expert_switch(), plan(LayerwiseConfig(prefetch_depth=depth)))
+    first_lo = frame[(frame.kind == "compute") & (frame.component == "lo")].index[0]
+    early = frame.loc[:first_lo]
+    early = early[(early.kind == "load") & (early.component == "lo") & (early.unit != "rest")]
+    assert list(early.unit) == [f"blocks.{i}" for i in range(depth)]
+    assert set(early.reason) == {"prefetch"}
+
+
+def test_no_hand_off_into_a_use_the_release_would_undo() -> None:
+    """Static policy: a component used by two stages in a row is released between them, so
+    prefetching its next use's first blocks during this one only wastes the link (and stalls
+    the release, which waits for them to land)."""
+    units = {"rest": MB, "blocks.0": 2 * MB, "blocks.1": 2 * MB, "blocks.2": 2 * MB}
+    schedule = synthetic_schedule({"dit": units}, [(s, "dit", u) for s in "ab" for u in units])
+    times = [0.5 * MS, MS, MS, MS] * 2
+    result, frame, _ = run(schedule, times, plan(LayerwiseConfig(prefetch_depth=2)))
+    loads = frame[frame.kind == "load"]
+    # the release of use a is also where b's rest is prefetched, still in stage a
+    assert list(loads.groupby("stage").size().items()) == [("a", 5), ("b", 3)]
+    assert result.h2d_bytes == 2 * 7 * MB
+    waits = frame[frame.kind == "wait"]
+    assert list(waits.unit) == ["rest", "blocks.0", "blocks.1", "blocks.2"] * 2
+    # with the dynamic policy the component is kept, so the hand-off pays: block 0 of use b
+    # is already on the device when b starts
+    result, frame, _ = run(schedule, times, plan(LayerwiseConfig(prefetch_depth=2), "dynamic"))
+    assert list(frame[frame.kind == "prepare"].reason) == ["cold", "kept"]
+    b_loads = frame[(frame.kind == "load") & (frame.stage == "b")]
+    assert "blocks.0" not in set(b_loads.unit)
