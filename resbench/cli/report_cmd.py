@@ -46,8 +46,8 @@ def command(sources: tuple[str, ...], out: Path | None, study_name: str | None,
                          f"storage (sqlite:///..., .db, .log)")
     if out is None:
         names = [r.name for r in runs] + [s.study_name for s in studies]
-        out = Path("reports") / (_slug(names[0]) if len(names) == 1 else
-                                 _slug("-vs-".join(names[:3]))) .with_suffix(".html")
+        stem = _slug(names[0]) if len(names) == 1 else _slug("-vs-".join(names[:3]))
+        out = Path("reports") / f"{stem}.html"
     stderr.print(f"building the report of {len(runs)} run(s) and {len(studies)} study(ies)")
     path = write_report(out, runs, studies, budget_curve=budget_curve)
     size = path.stat().st_size

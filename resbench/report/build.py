@@ -28,11 +28,11 @@ def build_report(runs: Sequence[Run] = (), studies: Sequence[Any] = (), *,
 
     if len(studies) == 1 and not runs:
         study = studies[0]
-        cards, sections, data = study_sections(study, "s0")
+        cards, secs, one = study_sections(study, "s0")
         return render_page(title=f"resbench study: {study.study_name}",
                            subtitle="Tuning results: trials, importances, the best plan against "
-                                    "the presets", cards=cards, sections=sections,
-                           data={"kind": "study", "runs": [], "studies": [data]})
+                                    "the presets", cards=cards, sections=secs,
+                           data={"kind": "study", "runs": [], "studies": [one]})
     sections: list[Section] = []
     data: dict[str, Any] = {"kind": "mixed" if runs and studies else ("runs" if runs else "studies"),
                             "runs": [], "studies": []}

@@ -172,7 +172,7 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
         elif row.kind == "wait":
             if row.stall_s <= 0.0:
                 continue  # the copy had landed: nothing to draw (its flow shows the hit)
-            load = waited_on.get(row.Index)
+            load = waited_on.get(int(row.Index), -1)
             ev.span(row.t_s, row.end_s, name="Stream Wait Event", cat="cuda_sync", pid=GPU,
                     tid=COMPUTE_TID, args={
                         "device": 0, "stream": COMPUTE_TID, "correlation": next(corr),

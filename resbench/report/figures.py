@@ -258,7 +258,7 @@ def _stacked(ax: Axes, labels: Sequence[str], table: pd.DataFrame,
         ax.invert_yaxis()
         for i, (p, total) in enumerate(zip(pos, left, strict=True)):
             note = notes[i] if i < len(notes) else ""
-            ax.text(total, p, f" {total:.3g} s{note}", va="center", fontsize=8)
+            ax.text(total, float(p), f" {total:.3g} s{note}", va="center", fontsize=8)
         ax.set_xlim(0, max(left.max(), 1e-9) * 1.15)
         ax.grid(axis="y", visible=False)
     else:

@@ -135,8 +135,9 @@ def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | 
         return None, None
     profile = profile_from_dict(run.profile, where=f"run {run.name}")
     budgets = default_budgets(run.schedule, profile)
-    if _budget(run) and _budget(run) not in budgets and _budget(run) <= profile.memory_capacity_bytes:
-        budgets = sorted({*budgets, int(_budget(run))})
+    budget = _budget(run)
+    if budget and budget not in budgets and budget <= profile.memory_capacity_bytes:
+        budgets = sorted({*budgets, int(budget)})
     this = f"this plan ({run.plan.name})"
     plans = {this: run.plan}
     plans.update({k: v for k, v in load_presets(kinds=run.schedule.kinds).items() if k != run.plan.name})

@@ -25,13 +25,13 @@ def history_figure(trials: pd.DataFrame, best: pd.DataFrame, metric: str) -> Fig
     ok = trials[trials["feasible"]]
     lo = float(ok[metric].min()) if len(ok) else 0.0
     top = min(float(ok[metric].max()) if len(ok) else 1.0, lo * 1.3) * 1.02
-    for part, kw in ((ok[ok["preset"] == ""], {"s": 14, "color": FEASIBLE, "label": "trial (fits)"}),
-                     (ok[ok["preset"] != ""], {"s": 40, "marker": "D", "color": PRESET,
-                                                "label": "preset (queued first)"})):
+    for part, size, marker, color, label in (
+            (ok[ok["preset"] == ""], 14, "o", FEASIBLE, "trial (fits)"),
+            (ok[ok["preset"] != ""], 40, "D", PRESET, "preset (queued first)")):
         inside = part[part[metric] <= top]
-        ax.scatter(inside["number"], inside[metric], **kw)
+        ax.scatter(inside["number"], inside[metric], s=size, marker=marker, color=color, label=label)
         above = part[part[metric] > top]
-        ax.scatter(above["number"], np.full(len(above), top), s=22, marker="^", color=kw["color"],
+        ax.scatter(above["number"], np.full(len(above), top), s=22, marker="^", color=color,
                    clip_on=False)
     bad = trials[~trials["feasible"]]
     ax.scatter(bad["number"], np.full(len(bad), lo - (top - lo) * 0.04), s=12, marker="x",
@@ -57,7 +57,8 @@ def importance_figure(study: optuna.Study, params: list[str], metric: str) -> Fi
                 target_name=metric)
         except (ValueError, RuntimeError, ZeroDivisionError):
             return None
-        fig = ax.get_figure()
+        fig = ax.figure
+        assert isinstance(fig, Figure)
         fig.set_size_inches(11, 0.25 * len(params) + 1.4)
         fig.tight_layout()
     return fig
@@ -98,7 +99,7 @@ def baselines_figure(table: pd.DataFrame) -> Figure:
     best = values[fits].min() if fits.any() else 0.0
     for p, v, ok in zip(pos, values, fits, strict=True):
         text = f" {v:.3f} s" + (f"  (+{100 * (v / best - 1):.1f}%)" if ok and best and v > best else "")
-        ax.text(v if ok else 0, p, text if ok else " does not fit the budget", va="center", fontsize=8,
+        ax.text(v if ok else 0, float(p), text if ok else " does not fit the budget", va="center", fontsize=8,
                 color="#333333" if ok else STALL)
     ax.set_yticks(pos, table["plan"])
     ax.invert_yaxis()

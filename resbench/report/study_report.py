@@ -135,7 +135,7 @@ def study_sections(study: optuna.Study, sid: str, *, level: int = 2
     what = [("study", study.study_name), ("objectives", ", ".join(names))]
     what += [(k, v) for k, v in ctx.items()]
     tables = [Table("Study", kv_table(what))]
-    if best_plan is not None:
+    if best_plan is not None and best is not None:
         tables.append(Table(f"Best plan: {best_plan.name} (policy {best_plan.policy}, margin "
                             f"{format_bytes(best_plan.buffer_margin_bytes)})",
                             format_table(_plan_rows(best_plan))))

@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import matplotlib
 
@@ -47,7 +48,7 @@ _URL = re.compile(r"url\(#([^)]+)\)")
 def style() -> Iterator[None]:
     """resbench's plotting style; also isolates third-party plots that change rcParams
     (optuna's call `plt.style.use("ggplot")`)."""
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(cast(Any, STYLE)):
         yield
 
 

@@ -76,6 +76,12 @@ def test_report_of_runs_and_a_study(saved_run, slower_run, tmp_path, capsys):
     assert code == 2 and "no study 'nope'" in err
 
 
+def test_report_goes_to_reports_by_default(saved_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    doc = json.loads(_invoke("report", saved_run, "--no-budget-curve", "--json").stdout)
+    assert doc["report"] == "reports/synthetic.html" and (tmp_path / doc["report"]).is_file()
+
+
 def test_report_rejects_what_it_cannot_read(tmp_path, capsys):
     code, err = _exit_code(capsys, "report", tmp_path)
     assert code == 2 and "neither a run folder" in err
