@@ -88,11 +88,12 @@ class Ledger:
         self.where: dict[UnitKey, str | None] = {}  # on-device units → pool name or None
 
     def charge(self, nbytes: int, key: UnitKey | None, what: str = "") -> None:
-        if self.used + nbytes > self.capacity_bytes:
+        used = self.used + nbytes
+        if used > self.capacity_bytes:
             raise self.does_not_fit(nbytes, key, what)
-        self.used += nbytes
-        if self.used > self.peak:
-            self.peak = self.used
+        self.used = used
+        if used > self.peak:
+            self.peak = used
 
     def does_not_fit(self, nbytes: int, key: UnitKey | None, what: str = "") -> DoesNotFitError:
         """The error for `nbytes` more not fitting now; `what` names them (default: `key`)."""
