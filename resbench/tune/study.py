@@ -14,8 +14,10 @@ or a path ending in `.db` / `.sqlite` / `.sqlite3` for SQLite.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +89,27 @@ def open_storage(url: str) -> BaseStorage:
             sqlite_path = text.split(":///", 1)[-1]
             if sqlite_path and sqlite_path != ":memory:":
                 Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-            engine = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
+                engine = {"creator": _sqlite_connect(sqlite_path)}
         return _rdb(text, engine)
     except Exception as exc:  # every driver raises its own errors; the user needs the URL
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot open study storage {url!r}: {reason}") from None
+
+
+def _sqlite_connect(path: str) -> Callable[[], sqlite3.Connection]:
+    """Connections in WAL mode with synchronous=NORMAL: a trial is ~30 small commits, and
+    with the default (rollback journal, fsync on every commit) the storage, not the
+    simulator, set the pace (0.75 s a trial measured here). A crash of resbench loses
+    nothing; a power cut may lose the last trials. The timeout lets workers queue for the
+    write lock instead of failing."""
+
+    def connect() -> sqlite3.Connection:
+        con = sqlite3.connect(path, timeout=_SQLITE_TIMEOUT_S, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    return connect
 
 
 def _rdb(url: str, engine: dict[str, Any]) -> RDBStorage:

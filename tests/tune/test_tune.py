@@ -204,3 +204,13 @@ def test_validate_reruns_the_top_plans_and_the_real_best_wins(
     real = [v.real_latency_s for v in result.validation if v.real_latency_s is not None]
     assert result.best.measured and result.best.latency_s == min(real)
     assert result.result_note.startswith("measured on the GPU")
+
+
+def test_the_gpu_hook_accepts_the_tuners_call() -> None:
+    measure = pytest.importorskip("resbench.measure")
+    import inspect
+
+    inspect.signature(measure.measure_real).bind(
+        "spec", "request", "plan", budget_bytes=1, scale=1.0, weights=None, schedule=None,
+        trace=False)
+    inspect.signature(measure.prepare_weights).bind("spec", scale=1.0)
