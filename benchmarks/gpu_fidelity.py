@@ -101,6 +101,14 @@ def work_list(cfg: Config) -> list[tuple[str, str, str, float]]:
             + [("wide", *m) for m in wide] + tail)
 
 
+def compute_by_unit(frame: Any) -> dict[str, list[float]]:
+    """Real compute spans summed per (component, block or rest): {key: [calls, seconds]}."""
+    c = frame[frame.kind == "compute"]
+    kind = c.unit.where(c.unit == "rest", "blocks")
+    g = (c.end_s - c.t_s).groupby([c.component, kind]).agg(["count", "sum"])
+    return {f"{a}.{b}": [int(n), float(t)] for (a, b), (n, t) in g.iterrows()}
+
+
 def kernel_table(prof: Any, top: int = 60) -> list[dict[str, Any]]:
     """GPU kernels of a torch.profiler run: name, calls, total device seconds (largest first)."""
     out = []
@@ -163,7 +171,8 @@ def phase_all(args: argparse.Namespace, cfg: Config, rows: Rows) -> None:
             **common))
         if res is None:
             continue
-        row = {**base, "status": "ok", "wall_s": time.perf_counter() - t0, **result_fields(res)}
+        row = {**base, "status": "ok", "wall_s": time.perf_counter() - t0, **result_fields(res),
+               "compute_by_unit": compute_by_unit(res["trace"])}
         if probe and res.get("h2d_stream_bytes"):
             row["stream_pct_of_pinned"] = 100 * res["h2d_stream_bytes_per_s"] / probe["h2d_pinned_bytes_per_s"]
         rows.add(row)

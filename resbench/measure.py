@@ -36,7 +36,7 @@ from resbench.models.registry import get_model
 from resbench.pipeline import Pipeline, Request
 from resbench.record import record_schedule
 from resbench.residency.manager import ResidencyManager
-from resbench.residency.plan import Plan
+from resbench.residency.plan import Plan, load_plan
 from resbench.residency.strategies import LayerwiseConfig
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
@@ -103,7 +103,9 @@ class _TimedManager(ResidencyManager):
 def _load_plan(plan: Plan | str | Path) -> Plan:
     if isinstance(plan, Plan):
         return plan
-    from resbench.profile import resolve_plan
+    if Path(plan).is_file():
+        return load_plan(plan)
+    from resbench.profile import resolve_plan  # a preset name
 
     return resolve_plan(str(plan))
 
@@ -230,13 +232,13 @@ def layerwise_components(plan: Plan, schedule: Schedule) -> list[str]:
 
 def summarize(frame: pd.DataFrame, plan: Plan, schedule: Schedule) -> dict[str, Any]:
     """Trace-derived numbers: GPU latency, per-stage latency, compute, stall, streaming H2D."""
-    from resbench.profile import stage_summary
-
     start = frame.loc[frame.kind == "request_start", "t_s"].min()
     end = frame.loc[frame.kind == "request_end", "t_s"].max()
     compute = frame[frame.kind == "compute"]
     request = frame[frame.t_s >= start]
-    stages = stage_summary(request)
+    enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
+    exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()
+    stage_latency = {str(k): float(exits[k] - enters[k]) for k in enters.index if k in exits.index}
     streamed = request[(request.kind == "load") & (request.stream == "h2d")
                        & request.component.isin(layerwise_components(plan, schedule))
                        & (request.unit != REST)]
@@ -246,7 +248,7 @@ def summarize(frame: pd.DataFrame, plan: Plan, schedule: Schedule) -> dict[str, 
         "latency_gpu_s": float(end - start),
         "compute_s": float((compute.end_s - compute.t_s)[compute.t_s >= start].sum()),
         "stall_s": float(request.stall_s[request.kind == "wait"].sum()),
-        "stage_latency_s": dict(zip(stages.stage, stages.latency_s, strict=True)) if len(stages) else {},
+        "stage_latency_s": stage_latency,
         "h2d_stream_bytes": nbytes,
         "h2d_stream_busy_s": busy,
         "h2d_stream_bytes_per_s": nbytes / busy if busy > 0 else float("nan"),

@@ -46,6 +46,22 @@ def test_host_weights_pageable_capture_and_alias() -> None:
     assert host.host_bytes() == host.units[("a", "blocks.0")].layout.total
 
 
+def test_measure_real_on_the_cpu_device_matches_unmanaged() -> None:
+    """The whole `measure_real` path (timing marks, trace summary) without a GPU."""
+    from resbench.measure import measure_real, measure_unmanaged
+
+    spec = get_model("wan2.2")
+    request = Request.for_model(spec, height=32, width=32, frames=5, steps=3)
+    ref = measure_unmanaged(spec, request, scale=SCALE, device="cpu", warmup=False,
+                            keep_output=True)
+    res = measure_real(spec, request, "sglang-wan2.2", budget_bytes=None, scale=SCALE,
+                       device="cpu", warmup=False, keep_output=True)
+    assert torch.equal(res["output"], ref["output"])
+    assert set(res["stage_latency_s"]) == {"text_encode", "denoise", "decode"}
+    assert res["h2d_stream_bytes"] > 0 and res["latency_s"] > 0
+    assert res["latency_s"] >= sum(res["stage_latency_s"].values()) * 0.99
+
+
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     from resbench.measure import measure_unmanaged, prepare_weights
