@@ -37,6 +37,15 @@ def _request_text(request: dict[str, Any]) -> str:
     return f"{size}, {r.get('steps', '?')} steps{cfg}"
 
 
+def _trace_hint(run: Run) -> str:
+    trace = run.path / "trace.json.gz" if run.path is not None else None
+    if trace is not None and trace.is_file():
+        return (f"Every event of this run is in its trace, {trace}: open it in ui.perfetto.dev "
+                "(drag the file in) or chrome://tracing (one track per GPU queue, arrows from "
+                "each prefetch to the compute that used it).")
+    return PERFETTO_HINT
+
+
 def _budget(run: Run) -> int | None:
     return run.capacity_bytes or run.result.get("budget_bytes") or run.result.get("capacity_bytes")
 
@@ -149,20 +158,19 @@ def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | 
         fig = figures.budget_figure(curve, budget_bytes=_budget(run), highlight=this,
                                     bound_s=float(sum(CostModel(profile).call_times(run.schedule.calls))))
     table = curve.pivot(index="budget_bytes", columns="plan", values="latency_s").reset_index()
-    table.columns = [str(c) if c == "budget_bytes" else f"{c} (s)" for c in table.columns]
-    table = table.rename(columns={"budget_bytes": "budget_bytes"})
+    table.columns = [str(c) for c in table.columns]
     top = curve[curve["budget_bytes"] == curve["budget_bytes"].max()]
     never = [f"{r.plan} does not fit even {format_bytes(r.budget_bytes)} "
-             f"({format_bytes(r.missing_bytes)} short)" for r in top.itertuples() if not r.fits]
-    never = budget_notes(curve, this, _budget(run)) + never
+             f"({format_bytes(r.missing_bytes)} short)." for r in top.itertuples() if not r.fits]
+    never = [n + "." for n in budget_notes(curve, this, budget)] + never
     section = Section(
-        id=f"{sid}-budget", notes=[n + "." for n in never], title="What a bigger budget buys",
+        id=f"{sid}-budget", notes=never, title="What a bigger budget buys",
         intro=("The recorded schedule re-simulated at other budgets: this plan, the presets in "
                "strategies/presets, and this plan keeping as many blocks resident as each budget "
                "allows. A missing point means the plan does not fit that budget."),
         figures=[Figure(figure_svg(fig, f"{sid}-fig-budget"))],
         tables=[Table("Latency by budget (s; – = does not fit)",
-                      format_table(table.set_axis([c.removesuffix(" (s)") for c in table.columns], axis=1)),
+                      format_table(table),
                       collapsed=True)])
     return section, curve
 
@@ -211,7 +219,7 @@ def run_sections(run: Run, sid: str, *, level: int = 2, budget_curve: bool = Tru
                "bar's height is the share of that instant the queue was busy (full height: always); "
                "the zoom shows every unit call and copy. Marks on a \"decisions\" row are residency "
                "decisions (skipped prefetches, evictions, components kept)."),
-        figures=[Figure(figure_svg(timeline, f"{sid}-fig-timeline"), PERFETTO_HINT)]))
+        figures=[Figure(figure_svg(timeline, f"{sid}-fig-timeline"), _trace_hint(run))]))
     sections.append(Section(
         id=f"{sid}-memory", title="Device memory",
         intro=("The line is the allocator ledger (weights on the device, staging buffers, request "
@@ -261,6 +269,8 @@ def run_sections(run: Run, sid: str, *, level: int = 2, budget_curve: bool = Tru
     budget_section, curve = _budget_section(run, sid) if budget_curve else (None, None)
     if budget_section is not None:
         sections.append(budget_section)
+        sections[0].bullets += [n + " (see What a bigger budget buys)." for n in
+                                budget_notes(curve, f"this plan ({run.plan.name})", budget)]
     for sec in sections:
         sec.level = level
     data = {"name": run.name, "meta": run.meta(), "summary": s, "tables": {

@@ -110,7 +110,9 @@ def test_golden_trace_is_reproduced_byte_for_byte(tmp_path):
     out = write_chrome_trace(doc, tmp_path / "t.json.gz")
     again = write_chrome_trace(to_chrome_trace(tracer.frame(), GOLDEN_META), tmp_path / "u.json.gz")
     assert out.read_bytes() == again.read_bytes()
-    assert gzip.decompress(out.read_bytes()) == gzip.decompress(GOLDEN_TRACE.read_bytes())
+    assert gzip.decompress(out.read_bytes()) == gzip.decompress(GOLDEN_TRACE.read_bytes()), (
+        "the trace of the synthetic run changed; if the simulator, the manager or the exporter "
+        "changed on purpose, regenerate: RESBENCH_UPDATE_GOLDEN=1 pytest tests/report")
     assert read_chrome_trace(GOLDEN_TRACE) == json.loads(dumps(doc))
 
 
