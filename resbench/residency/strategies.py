@@ -215,7 +215,6 @@ class LayerwiseStrategy(Strategy):
         streamed = [b for i, b in enumerate(blocks) if i not in keep]
         g = config.group_size
         self.groups: list[list[UnitInfo]] = [streamed[i:i + g] for i in range(0, len(streamed), g)]
-        self.group_of: dict[str, int] = {u.name: k for k, grp in enumerate(self.groups) for u in grp}
         self.group_keys: list[list[UnitKey]] = [[(component, u.name) for u in grp]
                                                 for grp in self.groups]
         self.depth = config.prefetch_depth
@@ -230,9 +229,8 @@ class LayerwiseStrategy(Strategy):
             component, [[u.name for u in grp] for grp in self.groups], self.depth)
 
     def _issue_group(self, k: int, *, prefetch: bool) -> None:
-        transfers = self.inflight[k] = []
-        for key in self.group_keys[k]:
-            transfers.append(self.ctx.load(key, prefetch=prefetch, pool=self.pool))
+        self.inflight[k] = [self.ctx.load(key, prefetch=prefetch, pool=self.pool)
+                            for key in self.group_keys[k]]
         self.loaded.add(k)
 
     def _bring_fixed(self, prefetch: bool) -> None:
