@@ -5,8 +5,9 @@ Exit codes (also in README and the CLI epilog):
 * 0 — success
 * 1 — unexpected internal error (a bug: please report it)
 * 2 — bad input: unknown model, bad size string, bad plan TOML, missing GPU for `calibrate`
-* 3 — does not fit: the plan (or every plan) needs more device memory than the budget
-* 4 — out of memory on the real device while running
+* 3 — does not fit: the plan (or every plan) needs more device memory than the budget,
+  or the real device ran out of memory running it
+* 4 — `compare --fail-on` found a regression
 * 130 — interrupted (Ctrl-C); finished work is kept
 """
 
@@ -51,6 +52,6 @@ class DoesNotFitError(ResbenchError):
 
 
 class DeviceOOMError(DoesNotFitError):
-    """The real device ran out of memory; memory has been freed before this is raised."""
+    """The real device ran out of memory; memory has been freed before this is raised.
 
-    exit_code = 4
+    Same exit code as `DoesNotFitError` (3): the plan does not fit this card's budget."""

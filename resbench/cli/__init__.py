@@ -16,7 +16,8 @@ from resbench.errors import ResbenchError
 
 EPILOG = """\b
 Exit codes: 0 ok; 1 internal error; 2 bad input; 3 plan does not fit the budget
-(or no plan does); 4 out of memory on the device; 130 interrupted (finished work kept)."""
+(or no plan does, or the device ran out of memory); 4 `compare --fail-on` found a
+regression; 130 interrupted (finished work kept)."""
 
 
 @click.group(
@@ -49,8 +50,8 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, map errors to one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="resbench", standalone_mode=False,
-                 auto_envvar_prefix="RESBENCH")
+        code = cli.main(args=argv, prog_name="resbench", standalone_mode=False,
+                        auto_envvar_prefix="RESBENCH")
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -65,4 +66,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
