@@ -42,8 +42,9 @@ from resbench.models.registry import get_model
 from resbench.pipeline import Request
 from resbench.record import record_schedule
 from resbench.tune.objective import Evaluator, Objective
-from resbench.tune.space import SearchSpace, sweep_from_dict
+from resbench.tune.space import SearchSpace
 from resbench.tune.study import make_sampler
+from resbench.tune.sweep import sweep_from_dict
 from resbench.units import format_bytes, parse_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from resbench.schedule import Schedule
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator, Objective
 from resbench.tune.real import find_measure, real_runner, require_measure
 from resbench.tune.result import Baseline, TuneResult, Validation
-from resbench.tune.space import NotRepresentable, SearchSpace, default_sweep_path, load_sweep
+from resbench.tune.space import NotRepresentable, SearchSpace
 from resbench.tune.study import (
     OBJECTIVES,
     SAMPLERS,
@@ -43,6 +43,7 @@ from resbench.tune.study import (
     open_study,
     study_name,
 )
+from resbench.tune.sweep import default_sweep_path, load_sweep
 from resbench.units import describe_bytes, format_bytes
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]

@@ -10,7 +10,8 @@ from resbench.models.registry import get_model
 from resbench.pipeline import Request
 from resbench.record import record_schedule
 from resbench.schedule import Schedule
-from resbench.tune.space import SearchSpace, load_sweep
+from resbench.tune.space import SearchSpace
+from resbench.tune.sweep import load_sweep
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from resbench.residency.strategies import LayerwiseConfig, OffloadConfig, Reside
 from resbench.schedule import Schedule
 from resbench.tune import NoFeasiblePlanError, TuneInterrupted, tune
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluator
-from resbench.tune.space import SearchSpace, load_sweep
+from resbench.tune.space import SearchSpace
+from resbench.tune.sweep import load_sweep
 
 COMPLETE = (optuna.trial.TrialState.COMPLETE,)
 
