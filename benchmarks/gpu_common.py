@@ -29,6 +29,9 @@ from resbench.schedule import Schedule
 
 MiB = 2**20
 CACHE = Path("runs/schedules")
+# Bump when the recorder's UnitCall fields or their meaning change (r2: fp32 GEMM/conv FLOPs
+# split off, memory bytes read + written).
+RECORDER_REVISION = "r2"
 
 
 def request_label(r: Request) -> str:
@@ -40,7 +43,7 @@ def load_schedule(spec: ModelSpec, request: Request, *, scale: float, device: st
     dtype = torch.float32 if device == "cpu" else None
     r = request
     name = (f"{spec.name}-{r.height}x{r.width}x{r.frames}-s{r.steps}-cfg{int(r.cfg)}{r.cfg_mode[0]}"
-            f"-g{r.guidance}-b{r.batch}-sc{scale}-{'fp32' if dtype else 'native'}.pkl")
+            f"-g{r.guidance}-b{r.batch}-sc{scale}-{'fp32' if dtype else 'native'}-{RECORDER_REVISION}.pkl")
     path = CACHE / name
     if path.is_file():
         with path.open("rb") as f:

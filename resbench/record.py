@@ -2,8 +2,10 @@
 
 The pipeline runs with every component built on the meta device. Forward hooks on each
 block and the pipeline's component hooks attribute every op to a unit call: FLOPs by op
-class from `FlopCounterMode`, bytes written and kernels launched by the other ops, and the
-peak of live tensor bytes (tracked through storage reference counts). Denoising steps that
+class from `FlopCounterMode` (GEMM and conv FLOPs with fp32 inputs split off per op, through
+`flop_registry`: they run at a fraction of the bf16 rate), bytes read plus written and kernels
+launched by the other ops, and the peak of live tensor bytes (tracked through storage
+reference counts). Denoising steps that
 repeat a step already seen for the same denoiser are not run but copied, so a 40-step
 request costs one step per denoiser to record.
 """
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from resbench.models.base import REST, ModelSpec, ResidencyComponent, build_component, unit_infos
 from resbench.pipeline import Pipeline, PipelineHooks, Request, validate_request
@@ -29,6 +31,11 @@ from resbench.schedule import Schedule, UnitCall
 _GEMM = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 _ATTENTION_PREFIX = "_scaled_dot_product"
 _CONV = {"convolution", "conv2d", "conv3d", "_convolution"}
+# Input dtypes that run on tensor cores at the profile's gemm/conv rates; any other floating
+# dtype (fp32, fp64) is counted in the fp32 classes.
+_LOW_PRECISION = {torch.bfloat16, torch.float16}
+# Allocations without a kernel: they count as ops (as before) but move no bytes.
+_NO_TRAFFIC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
 def _op_class(op: Any) -> str:
@@ -43,8 +50,39 @@ def _op_class(op: Any) -> str:
     return "other"
 
 
+def _input_dtype(args: Any) -> torch.dtype | None:
+    """dtype of the first floating-point tensor among `args` (a GEMM's or conv's input)."""
+    for a in tree_leaves(args):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.dtype
+    return None
+
+
+def _read_bytes(args: Any) -> int:
+    """Bytes an op reads: each distinct input storage once, at most the view's own bytes
+    (a slice reads its part; a broadcast view reads its small storage)."""
+    seen: set[int] = set()
+    total = 0
+    for a in tree_leaves(args):
+        if not isinstance(a, torch.Tensor):
+            continue
+        storage = a.untyped_storage()
+        key = storage._cdata
+        if key in seen:
+            continue
+        seen.add(key)
+        total += min(storage.nbytes(), a.numel() * a.element_size())
+    return total
+
+
 class _MemoryMode(TorchDispatchMode):
-    """Counts live tensor bytes (by storage), bytes written by non-matmul ops and kernels."""
+    """Counts live tensor bytes (by storage), bytes read + written by non-matmul ops,
+    kernels, and the FLOPs of GEMMs and convs whose inputs are fp32.
+
+    `memory_bytes`: for every memory-bound op that writes a new tensor, its input storages
+    (read) plus its new output storages (written). `fp32_flops`: per class (gemm, conv), the
+    FLOPs `flop_registry` gives the op, when its first floating input is not bf16/fp16.
+    """
 
     _SKIP = {"gemm", "attention", "conv"}
 
@@ -55,6 +93,7 @@ class _MemoryMode(TorchDispatchMode):
         self.refs: dict[int, list[int]] = {}  # storage id → [tensor refs, bytes]
         self.memory_bytes = 0
         self.ops = 0
+        self.fp32_flops: dict[str, int] = {"gemm": 0, "conv": 0}
 
     def _release(self, key: int) -> None:
         entry = self.refs.get(key)
@@ -81,10 +120,17 @@ class _MemoryMode(TorchDispatchMode):
                 new_bytes += nbytes
             entry[0] += 1
             weakref.finalize(t, self._release, key)
+        packet = func.overloadpacket
+        cls = _op_class(packet)
+        if cls in self.fp32_flops and packet in flop_registry:
+            dtype = _input_dtype(args)
+            if dtype is not None and dtype not in _LOW_PRECISION:
+                self.fp32_flops[cls] += int(flop_registry[packet](*args, **(kwargs or {}),
+                                                                  out_val=out))
         if new_bytes:
             self.ops += 1
-            if _op_class(func.overloadpacket) not in self._SKIP:
-                self.memory_bytes += new_bytes
+            if cls not in self._SKIP and packet.__name__ not in _NO_TRAFFIC:
+                self.memory_bytes += _read_bytes(args) + _read_bytes(kwargs) + new_bytes
             if self.live > self.peak:
                 self.peak = self.live
         return out
@@ -163,9 +209,14 @@ class Recorder(PipelineHooks):
 
     # -- accumulators ------------------------------------------------------------------------
     def _flop_snapshot(self) -> dict[str, int]:
+        """FLOPs so far by class; `gemm` and `conv` count bf16/fp16 inputs only, the fp32
+        ones are in `gemm_fp32` and `conv_fp32`."""
         totals: dict[str, int] = defaultdict(int)
         for op, n in self.flops.flop_counts["Global"].items():
             totals[_op_class(op)] += n
+        for cls, n in self.mem.fp32_flops.items():
+            totals[cls] -= n
+            totals[f"{cls}_fp32"] = n
         return totals
 
     def _open(self, component: str, unit: str, position: int) -> _Open:
@@ -175,7 +226,7 @@ class Recorder(PipelineHooks):
     def _accumulate(self, into: _Open, since: _Open) -> None:
         """Add the costs between `since` (a snapshot) and now to `into`."""
         now = self._flop_snapshot()
-        for k in ("gemm", "attention", "conv"):
+        for k in ("gemm", "attention", "conv", "gemm_fp32", "conv_fp32"):
             into.flops[k] = into.flops.get(k, 0) + now.get(k, 0) - since.flops.get(k, 0)
         into.memory_bytes += self.mem.memory_bytes - since.memory_bytes
         into.ops += self.mem.ops - since.ops
@@ -186,7 +237,9 @@ class Recorder(PipelineHooks):
                         step=self.step_index, gemm_flops=o.flops.get("gemm", 0),
                         attention_flops=o.flops.get("attention", 0),
                         conv_flops=o.flops.get("conv", 0), memory_bytes=o.memory_bytes,
-                        op_count=o.ops, activation_bytes=max(0, o.peak - o.base_live))
+                        op_count=o.ops, activation_bytes=max(0, o.peak - o.base_live),
+                        gemm_fp32_flops=o.flops.get("gemm_fp32", 0),
+                        conv_fp32_flops=o.flops.get("conv_fp32", 0))
 
     def _zero(self, component: str, unit: str, position: int) -> _Open:
         return _Open(component, unit, {}, 0, 0, self._component_live, self.mem.live, position)

@@ -3,7 +3,8 @@
 A `Schedule` is what the simulator replays and what the residency manager looks ahead in.
 It is recorded by running the pipeline on `meta` tensors (no weights, no compute): every
 call of a residency unit is one `UnitCall`, with FLOPs split by op class (counted by
-`torch.utils.flop_counter.FlopCounterMode`), the bytes written by memory-bound ops, and the
+`torch.utils.flop_counter`; GEMM and conv split by input dtype), the bytes read and written
+by memory-bound ops, and the
 peak working memory of the call. One denoising step per (denoiser, pass) is recorded and
 repeated by structure, so recording a 40-step request costs as much as a 1-step one.
 """
@@ -37,10 +38,14 @@ class ComponentUse:
 class UnitCall:
     """One call of one residency unit. `step` is -1 outside the denoising loop.
 
-    Costs: `gemm_flops` (matmuls, linear layers), `attention_flops` (SDPA), `conv_flops`,
-    `memory_bytes` (bytes written by memory-bound ops: norms, elementwise, copies),
+    Costs: `gemm_flops` (matmuls, linear layers with bf16/fp16 inputs), `attention_flops`
+    (SDPA), `conv_flops` (bf16/fp16 convolutions), `memory_bytes` (bytes read plus written by
+    memory-bound ops: norms, elementwise, copies; inputs' storages plus new outputs),
     `op_count` (kernels launched), `activation_bytes` (peak bytes of tensors alive during
-    the call beyond its inputs: the working memory the device must hold besides weights).
+    the call beyond its inputs: the working memory the device must hold besides weights),
+    `gemm_fp32_flops` / `conv_fp32_flops` (matmuls / convolutions with fp32 inputs: cuBLAS
+    and cuDNN run them far below the bf16 tensor-core rate). The fp32 fields come last with
+    defaults so hand-built calls need not name them.
     """
 
     index: int
@@ -54,10 +59,13 @@ class UnitCall:
     memory_bytes: int
     op_count: int
     activation_bytes: int
+    gemm_fp32_flops: int = 0
+    conv_fp32_flops: int = 0
 
     @property
     def flops(self) -> int:
-        return self.gemm_flops + self.attention_flops + self.conv_flops
+        return (self.gemm_flops + self.attention_flops + self.conv_flops
+                + self.gemm_fp32_flops + self.conv_fp32_flops)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +114,8 @@ class Schedule:
         frame = pd.DataFrame([
             {f: getattr(c, f) for f in c.__slots__} for c in self.calls
         ])
-        frame["flops"] = frame["gemm_flops"] + frame["attention_flops"] + frame["conv_flops"]
+        frame["flops"] = (frame["gemm_flops"] + frame["attention_flops"] + frame["conv_flops"]
+                          + frame["gemm_fp32_flops"] + frame["conv_fp32_flops"])
         return frame
 
     def units_frame(self) -> pd.DataFrame:

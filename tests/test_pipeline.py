@@ -108,3 +108,44 @@ def test_cpu_tiny_run_matches_across_seeds_only_when_equal() -> None:
     a, b = pipe.run(req), pipe.run(req)
     assert torch.equal(a, b)
     assert not torch.equal(a, pipe.run(Request(height=32, width=32, frames=5, steps=2, guidance=5.0, seed=1)))
+
+
+def test_fp32_gemms_and_convs_are_split_off(wan_schedule) -> None:
+    """Wan2.2's per-token time embedding runs its GEMMs in fp32 (12.2 TFLOP a DiT forward at
+    480x832x81, GPU campaign 2), the VAE's convs are fp32; the DiT blocks are bf16."""
+    schedule, _ = wan_schedule
+    calls = schedule.calls
+    rest = next(c for c in calls if c.component == "transformer" and c.unit == "rest")
+    assert rest.gemm_fp32_flops == pytest.approx(12.18e12, rel=0.01)
+    assert rest.gemm_fp32_flops > 100 * rest.gemm_flops
+    block = next(c for c in calls if c.component == "transformer" and c.unit == "blocks.1")
+    assert block.gemm_fp32_flops == 0 and block.conv_fp32_flops == 0
+    vae = [c for c in calls if c.component == "vae"]
+    assert sum(c.conv_fp32_flops for c in vae) > 1e14
+    assert sum(c.conv_flops + c.gemm_flops for c in vae) == 0
+    assert rest.flops == (rest.gemm_flops + rest.gemm_fp32_flops + rest.attention_flops
+                          + rest.conv_flops + rest.conv_fp32_flops)
+
+
+def test_memory_bound_ops_count_bytes_read_and_written() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resbench.record import _MemoryMode
+
+    mem = _MemoryMode()
+    with FlopCounterMode(display=False) as flops, mem:
+        x = torch.empty(100, 10, device="meta")
+        bias = torch.empty(10, device="meta")
+        _ = x + bias  # reads 4,000 + 40, writes 4,000
+        _ = x[:50] * 2.0  # a slice reads its own 2,000 bytes, writes 2,000
+        a, b = torch.empty(64, 32, device="meta"), torch.empty(32, 16, device="meta")
+        _ = a @ b  # fp32 GEMM: 2·64·32·16 FLOPs, no memory bytes
+        _ = a.bfloat16() @ b.bfloat16()  # two casts (read 8,192 + 2,048, write half) and a bf16 GEMM
+        w = torch.empty(4, 3, 3, 3, device="meta")
+        _ = torch.nn.functional.conv2d(torch.empty(1, 3, 8, 8, device="meta"), w)
+    assert mem.fp32_flops["gemm"] == 2 * 64 * 32 * 16
+    assert mem.fp32_flops["conv"] == 2 * 4 * 3 * 9 * 6 * 6
+    gemm_total = sum(n for op, n in flops.flop_counts["Global"].items() if "mm" in str(op))
+    assert gemm_total == 2 * (2 * 64 * 32 * 16)  # the bf16 one is the rest
+    casts = (8192 + 4096) + (2048 + 1024)
+    assert mem.memory_bytes == (4040 + 4000) + (2000 + 2000) + casts
