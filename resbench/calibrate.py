@@ -141,6 +141,9 @@ def fit_peak_half(points: list[Measurement]) -> tuple[float, float]:
 def calibrate_transfers(*, quick: bool = False, samples: int = 5) -> dict[str, Any]:
     """Copy bandwidths (pinned/pageable, both directions), latency, duplex, overlap, pinning.
 
+    Pinned rates are the best of a size sweep on one buffer; pageable rates stream 700 MB
+    copies out of a fresh multi-GB buffer (`_pageable_stream`), as offloaded weights move.
+
     Returns ``{"fields": {profile field: value}, "measurements": [Measurement, ...]}``.
     """
     torch = _require_cuda()
@@ -162,6 +165,12 @@ def calibrate_transfers(*, quick: bool = False, samples: int = 5) -> dict[str, A
                   for n in sizes]
         ms += points
         fields[f"{name}_bytes_per_s"] = max(p.rate for p in points[-2:])
+    # Pageable copies of one warm buffer flatter the link (8.5 GB/s H2D on the H100 machine
+    # against 4.7 streaming offloaded weights): the profile takes the streamed rates.
+    for name, direction in (("h2d_pageable", "h2d"), ("d2h_pageable", "d2h")):
+        stream = _pageable_stream(torch, direction, quick=quick)
+        ms.append(stream)
+        fields[f"{name}_bytes_per_s"] = stream.rate
     small = Measurement("h2d_pinned_4KiB", 4096, 4096, _time_events(
         lambda: dev[:4096].copy_(pinned[:4096], non_blocking=True), samples=samples, inner=20))
     ms.append(small)
@@ -225,6 +234,38 @@ def calibrate_transfers(*, quick: bool = False, samples: int = 5) -> dict[str, A
     return {"fields": fields, "measurements": ms}
 
 
+PAGEABLE_CHUNK = 700 * 10**6
+"""Bytes per copy when streaming pageable memory: about one Wan2.2 DiT block's weights."""
+
+
+def _pageable_stream(torch: Any, direction: str, *, quick: bool = False) -> Measurement:
+    """Pageable copies as offloading streams them: `PAGEABLE_CHUNK` bytes at a time out of a
+    fresh multi-GB host buffer (each chunk copied once, so no sample reuses warm pages), one
+    sample per chunk.
+
+    The set is 2 GiB quick, else 8 GiB, at most an eighth of host RAM.
+    """
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = min(2 * GiB if quick else 8 * GiB, ram // 8)
+    chunk = min(PAGEABLE_CHUNK, total // 6)  # ≥ 5 timed chunks
+    host = torch.ones(total, dtype=torch.uint8)  # touched: first-touch faults are not timed
+    dev = torch.empty(chunk, dtype=torch.uint8, device="cuda")
+    out = []
+    for i in range(total // chunk):
+        part = host[i * chunk:(i + 1) * chunk]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        if direction == "h2d":
+            dev.copy_(part)
+        else:
+            part.copy_(dev)
+        torch.cuda.synchronize()
+        if i:  # the first chunk warms the driver's staging buffers
+            out.append(time.perf_counter() - t0)
+    del host, dev
+    return Measurement(f"{direction}_pageable_stream", chunk, chunk, tuple(out))
+
+
 def _pin_seconds(torch: Any, nbytes: int) -> float:
     """Seconds to page-lock `nbytes` of fresh host memory (what a pinned slab costs).
 
@@ -244,7 +285,8 @@ def _pin_seconds(torch: Any, nbytes: int) -> float:
 
 
 def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any]:
-    """GEMM, attention and conv throughput fits, HBM bandwidth, kernel launch cost."""
+    """GEMM, attention and conv throughput fits (bf16), fp32 GEMM and conv rates, HBM
+    bandwidth, kernel launch cost."""
     torch = _require_cuda()
     import torch.nn.functional as F
 
@@ -257,6 +299,15 @@ def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any
         gemm.append(Measurement("gemm", n, 2 * n**3, _time_graph(
             partial(torch.matmul, a, b), samples=samples, inner=max(2, 2**30 // n**3))))
     fields["gemm_flops_per_s"], fields["gemm_half_flops"] = fit_peak_half(gemm)
+
+    # fp32 inputs with the process's TF32 setting left as is (PyTorch's default: off for
+    # matmuls, so cuBLAS runs SIMT FFMA kernels): the rate of large calls, no fixed cost.
+    gemm32 = []
+    for n in [2048, 4096] + ([] if quick else [8192]):
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.float32) for _ in range(2))
+        gemm32.append(Measurement("gemm_fp32", n, 2 * n**3, _time_graph(
+            partial(torch.matmul, a, b), samples=samples, inner=2)))
+    fields["gemm_fp32_flops_per_s"] = max(p.rate for p in gemm32)
 
     attn = []
     heads, dim = 40, 128  # a Wan2.x DiT's attention
@@ -281,11 +332,25 @@ def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any
             inner=max(2, int(4e10 // flops)))))
     fields["conv_flops_per_s"], fields["conv_half_flops"] = fit_peak_half(conv)
 
+    # fp32 conv3d on NCDHW tensors, as the fp32 Wan VAEs run it: cuDNN's TF32 kernels (on by
+    # default for convs) plus the layout transposes it adds; the rate of large calls.
+    conv32 = []
+    for ch, side in [(192, 64), (384, 64)] + ([] if quick else [(512, 64)]):
+        x = torch.randn(1, ch, frames, side, side, device="cuda", dtype=torch.float32)
+        w = torch.randn(ch, ch, 3, 3, 3, device="cuda", dtype=torch.float32)
+        flops = 2 * ch * ch * 27 * frames * side * side
+        conv32.append(Measurement("conv3d_fp32", ch * side, flops, _time_graph(
+            partial(F.conv3d, x, w, padding=1), samples=samples, inner=2)))
+    fields["conv_fp32_flops_per_s"] = max(p.rate for p in conv32)
+
     hbm = []
     for n in [64 * MiB, 256 * MiB] + ([] if quick else [GiB]):
         src = torch.empty(n // 2, device="cuda", dtype=bf16).normal_()
         dst = torch.empty_like(src)
-        # Bytes read plus bytes written, the convention of `CostModel` (memory_bytes · 2).
+        # Bytes read plus bytes written, as `UnitCall.memory_bytes` counts them. Eager
+        # memory-bound kernels reach only part of this (`elementwise_efficiency`, which
+        # calibrate leaves at the base profile's value: it is a property of a model's kernel
+        # mix, measured from per-unit timings of real runs).
         hbm.append(Measurement("hbm_copy", n, 2 * n, _time_events(
             partial(dst.copy_, src), samples=samples)))
     fields["hbm_bytes_per_s"] = max(p.rate for p in hbm)
@@ -295,7 +360,8 @@ def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any
     launch = Measurement("kernel_launch", 1, count, _time_wall(
         lambda: [tiny.add_(1.0) for _ in range(count)], samples=samples))
     fields["kernel_launch_s"] = launch.median_s / count
-    return {"fields": fields, "measurements": gemm + attn + conv + hbm + [launch]}
+    return {"fields": fields,
+            "measurements": gemm + gemm32 + attn + conv + conv32 + hbm + [launch]}
 
 
 # ------------------------------------------------------------------------------ device

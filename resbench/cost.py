@@ -3,15 +3,22 @@
 The model of one call `c` on profile `p`::
 
     gpu_s(c) = sum over k in (gemm, attention, conv), where f_k > 0, of (f_k + half_k) / peak_k
-               + 2 · c.memory_bytes / p.hbm_bytes_per_s
+               + c.gemm_fp32_flops / p.gemm_fp32_flops_per_s
+               + c.conv_fp32_flops / p.conv_fp32_flops_per_s
+               + c.memory_bytes / (p.hbm_bytes_per_s · p.elementwise_efficiency)
     cpu_s(c) = c.op_count · p.kernel_launch_s
     time(c)  = max(gpu_s(c), cpu_s(c))
 
 * ``(f + half) / peak`` is ``f / throughput(f)`` with ``throughput(f) = peak·f / (f + half)``:
   an op class reaches half its peak at `half` FLOPs per call, i.e. pays a fixed
   ``half / peak`` seconds per call (~3 us for an H100's GEMMs).
-* `memory_bytes` counts the bytes written by memory-bound ops (norms, elementwise, copies);
-  each was read about once, hence the factor 2.
+* ``gemm``/``conv`` are the bf16/fp16 classes; GEMMs and convs with fp32 inputs run at
+  their own, much lower rates (SIMT FFMA GEMMs, TF32 convs with layout transposes) and
+  have no per-call fixed cost of their own (their calls are large: Wan's time embedding,
+  the fp32 VAE).
+* `memory_bytes` counts the bytes memory-bound ops (norms, elementwise, casts, copies) read
+  plus write; such kernels reach `elementwise_efficiency` of the copy bandwidth (0.71 on
+  the H100: strided and broadcasting operands, small kernels).
 * Eager PyTorch queues kernels ahead of the GPU, so the CPU's dispatch (~11 us an op on the
   H100 machine, `resbench calibrate`) overlaps the GPU's work: a call costs the larger of the
   two, not their sum. Small calls are dispatch-bound, large ones compute-bound.
@@ -45,7 +52,8 @@ def class_time_s(flops: float, peak_flops_per_s: float, half_flops: float) -> fl
 class CostModel:
     """Unit-call and copy times on one profile. Cheap to build; `call_times` memoises."""
 
-    __slots__ = ("profile", "overrides", "_gemm", "_attention", "_conv", "_hbm", "_launch")
+    __slots__ = ("profile", "overrides", "_gemm", "_attention", "_conv", "_gemm_fp32",
+                 "_conv_fp32", "_hbm", "_launch")
 
     def __init__(self, profile: HardwareProfile,
                  overrides: Mapping[tuple[str, str], float] | None = None) -> None:
@@ -63,16 +71,21 @@ class CostModel:
         self._gemm = (p.gemm_flops_per_s, p.gemm_half_flops)
         self._attention = (p.attention_flops_per_s, p.attention_half_flops)
         self._conv = (p.conv_flops_per_s, p.conv_half_flops)
-        self._hbm = p.hbm_bytes_per_s
+        self._gemm_fp32 = p.gemm_fp32_flops_per_s
+        self._conv_fp32 = p.conv_fp32_flops_per_s
+        self._hbm = p.hbm_bytes_per_s * p.elementwise_efficiency
         self._launch = p.kernel_launch_s
 
     def modelled_time_s(self, gemm_flops: float, attention_flops: float, conv_flops: float,
-                        memory_bytes: float, op_count: int) -> float:
+                        memory_bytes: float, op_count: int, gemm_fp32_flops: float = 0,
+                        conv_fp32_flops: float = 0) -> float:
         """The formula of the module docstring, without overrides."""
         gpu_s = (class_time_s(gemm_flops, *self._gemm)
                  + class_time_s(attention_flops, *self._attention)
                  + class_time_s(conv_flops, *self._conv)
-                 + 2 * memory_bytes / self._hbm)
+                 + gemm_fp32_flops / self._gemm_fp32
+                 + conv_fp32_flops / self._conv_fp32
+                 + memory_bytes / self._hbm)
         return max(gpu_s, op_count * self._launch)
 
     def call_time_s(self, call: UnitCall) -> float:
@@ -80,7 +93,8 @@ class CostModel:
         if override is not None:
             return override
         return self.modelled_time_s(call.gemm_flops, call.attention_flops, call.conv_flops,
-                                    call.memory_bytes, call.op_count)
+                                    call.memory_bytes, call.op_count, call.gemm_fp32_flops,
+                                    call.conv_fp32_flops)
 
     def call_times(self, calls: Iterable[UnitCall]) -> list[float]:
         """`call_time_s` of each call, in order. Calls repeat across denoising steps, so
@@ -89,7 +103,7 @@ class CostModel:
         out = []
         for c in calls:
             key = (c.component, c.unit, c.gemm_flops, c.attention_flops, c.conv_flops,
-                   c.memory_bytes, c.op_count)
+                   c.memory_bytes, c.op_count, c.gemm_fp32_flops, c.conv_fp32_flops)
             seconds = memo.get(key)
             if seconds is None:
                 seconds = memo[key] = self.call_time_s(c)

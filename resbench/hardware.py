@@ -81,8 +81,18 @@ class HardwareProfile:
     """Convolution (conv2d/conv3d, bf16) throughput of large calls."""
     conv_half_flops: float
     """FLOPs at which convolution reaches half of `conv_flops_per_s`."""
+    gemm_fp32_flops_per_s: float
+    """Matmul throughput with fp32 inputs (TF32 off, PyTorch's default for matmuls: cuBLAS
+    runs SIMT FFMA kernels, ~52 TFLOP/s on an H100 against ~730 for bf16)."""
+    conv_fp32_flops_per_s: float
+    """Effective convolution throughput with fp32 inputs (cuDNN's TF32 convs, on by
+    default, with their NCHW<->NHWC layout transposes): conv FLOPs / time."""
     hbm_bytes_per_s: float
-    """Device-memory bandwidth of memory-bound ops (bytes read plus written per second)."""
+    """Device-memory bandwidth of large copies (bytes read plus written per second)."""
+    elementwise_efficiency: float
+    """Share of `hbm_bytes_per_s` that eager memory-bound kernels (norms, casts, strided and
+    broadcasting elementwise ops) reach, in (0, 1]; `resbench.cost` divides their bytes read
+    plus written by ``hbm_bytes_per_s × elementwise_efficiency``."""
     kernel_launch_s: float
     """CPU time to dispatch one op from eager PyTorch; it overlaps the GPU's work (see
     `resbench.cost`)."""
@@ -173,6 +183,9 @@ def check_values(values: dict[str, Any], *, where: str) -> None:
         if value < 0 or (value == 0 and name not in _MAY_BE_ZERO):
             bound = "≥ 0" if name in _MAY_BE_ZERO else "> 0"
             raise InputError(f"{where}: {name} must be {bound}, got {value!r}")
+    if values["elementwise_efficiency"] > 1:
+        raise InputError(f"{where}: elementwise_efficiency must be in (0, 1], "
+                         f"got {values['elementwise_efficiency']!r}")
     if values["usable_fraction"] > 1:
         raise InputError(f"{where}: usable_fraction must be in (0, 1], "
                          f"got {values['usable_fraction']!r}")
@@ -321,7 +334,7 @@ def _unit_and_text(name: str, value: Any) -> tuple[str, str]:
         return "B", f"{format_bytes(value, binary=True)} ({format_bytes(value)})"
     if name.endswith("_s"):
         return "s", f"{value * 1e6:,.1f} µs"
-    if name.endswith(("_fraction", "_slowdown")):
+    if name.endswith(("_fraction", "_slowdown", "_efficiency")):
         return "fraction", f"{value:.2%}"
     return ("bool", str(value).lower()) if isinstance(value, bool) else ("count", str(value))
 

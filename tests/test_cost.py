@@ -16,16 +16,19 @@ CARD = dataclasses.replace(
     gemm_flops_per_s=100e12, gemm_half_flops=1e9,
     attention_flops_per_s=50e12, attention_half_flops=2e9,
     conv_flops_per_s=10e12, conv_half_flops=0.0,
-    hbm_bytes_per_s=1e12, kernel_launch_s=1e-5,
+    gemm_fp32_flops_per_s=20e12, conv_fp32_flops_per_s=5e12,
+    hbm_bytes_per_s=1e12, elementwise_efficiency=0.5, kernel_launch_s=1e-5,
     h2d_pinned_bytes_per_s=50e9, transfer_latency_s=1e-5,
 )
 
 
 def _call(unit: str = "blocks.0", *, gemm: int = 0, attention: int = 0, conv: int = 0,
-          memory: int = 0, ops: int = 0, index: int = 0, component: str = "dit") -> UnitCall:
+          memory: int = 0, ops: int = 0, index: int = 0, component: str = "dit",
+          gemm_fp32: int = 0, conv_fp32: int = 0) -> UnitCall:
     return UnitCall(index=index, component=component, unit=unit, stage="denoise", step=0,
                     gemm_flops=gemm, attention_flops=attention, conv_flops=conv,
-                    memory_bytes=memory, op_count=ops, activation_bytes=0)
+                    memory_bytes=memory, op_count=ops, activation_bytes=0,
+                    gemm_fp32_flops=gemm_fp32, conv_fp32_flops=conv_fp32)
 
 
 def test_class_time_is_flops_over_throughput() -> None:
@@ -39,14 +42,37 @@ def test_call_time_by_hand() -> None:
     model = CostModel(CARD)
     call = _call(gemm=9_000_000_000, attention=8_000_000_000, memory=50_000_000, ops=10)
     # gemm (9e9 + 1e9)/1e14 = 1e-4; attention (8e9 + 2e9)/5e13 = 2e-4; conv none;
-    # memory 2·5e7/1e12 = 1e-4; GPU 4e-4 s beats the CPU's 10 ops · 1e-5 = 1e-4 s.
+    # memory (read + written) 5e7/(1e12 · 0.5) = 1e-4; GPU 4e-4 s beats the CPU's
+    # 10 ops · 1e-5 = 1e-4 s.
     assert model.call_time_s(call) == pytest.approx(4e-4)
+
+
+def test_fp32_flops_are_priced_at_their_own_rates() -> None:
+    model = CostModel(CARD)
+    # fp32 GEMM 4e9/2e13 = 2e-4 and fp32 conv 1e9/5e12 = 2e-4, no fixed cost; bf16 GEMM
+    # (9e9 + 1e9)/1e14 = 1e-4: 5e-4 s.
+    call = _call(gemm=9_000_000_000, gemm_fp32=4_000_000_000, conv_fp32=1_000_000_000, ops=1)
+    assert model.call_time_s(call) == pytest.approx(5e-4)
+    assert call.flops == 14_000_000_000
+    # The same FLOPs at bf16 rates would cost 5x less: the split is what the model is for.
+    as_bf16 = _call(gemm=13_000_000_000, conv=1_000_000_000, ops=1)
+    assert model.call_time_s(as_bf16) == pytest.approx((13e9 + 1e9) / 1e14 + 1e9 / 1e13)
+    # Calls differing only in their fp32 FLOPs are not merged by the memo.
+    times = model.call_times([_call(gemm_fp32=2_000_000_000), _call(conv_fp32=2_000_000_000)])
+    assert times == pytest.approx([1e-4, 4e-4])
+
+
+def test_elementwise_efficiency_scales_memory_time() -> None:
+    call = _call(memory=1_000_000_000)
+    assert CostModel(CARD).call_time_s(call) == pytest.approx(2e-3)  # 1e9 / (1e12 · 0.5)
+    full = dataclasses.replace(CARD, elementwise_efficiency=1.0)
+    assert CostModel(full).call_time_s(call) == pytest.approx(1e-3)
 
 
 def test_small_calls_cost_their_dispatch() -> None:
     model = CostModel(CARD)
     call = _call(gemm=1_000_000, conv=1_000_000, memory=1_000, ops=100)
-    gpu_s = (1e6 + 1e9) / 100e12 + 1e6 / 10e12 + 2e3 / 1e12
+    gpu_s = (1e6 + 1e9) / 100e12 + 1e6 / 10e12 + 1e3 / 0.5e12
     assert gpu_s < 100 * 1e-5
     assert model.call_time_s(call) == pytest.approx(100 * 1e-5)
 

@@ -65,6 +65,25 @@ def test_h100_preset_is_seeded_from_the_measured_reference() -> None:
     assert H100.provenance["allocator_rounding_bytes"] == "spec"
 
 
+def test_h100_preset_has_the_campaign_2_compute_constants() -> None:
+    """fp32 GEMM/conv rates, elementwise efficiency and streamed pageable H2D, measured per
+    kernel and per unit on the card (benchmarks/results/gpu_fidelity.md)."""
+    assert H100.gemm_fp32_flops_per_s == 52e12
+    assert H100.conv_fp32_flops_per_s == 150e12
+    assert H100.elementwise_efficiency == 0.71
+    assert H100.h2d_pageable_bytes_per_s == 4.7e9
+    for field in ("gemm_fp32_flops_per_s", "conv_fp32_flops_per_s", "elementwise_efficiency",
+                  "h2d_pageable_bytes_per_s"):
+        assert H100.provenance[field] == "measured"
+    for name, p in PRESETS.items():
+        # fp32 work runs far below the bf16 tensor-core rate on every card.
+        assert p.gemm_fp32_flops_per_s < p.gemm_flops_per_s / 2, name
+        assert p.conv_fp32_flops_per_s < p.conv_flops_per_s, name
+        assert 0 < p.elementwise_efficiency <= 1, name
+        if name != "h100-80g":
+            assert p.provenance["gemm_fp32_flops_per_s"] == "estimated", name
+
+
 def test_profile_is_frozen_slotted_keyword_only_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         H100.gemm_flops_per_s = 1.0  # type: ignore[misc]
@@ -121,6 +140,12 @@ def test_sizes_may_be_written_with_units(tmp_path: Path) -> None:
      "gemm_flops_per_s must be > 0"),
     ("gemm_flops_per_s = 729000000000000.0", 'gemm_flops_per_s = "fast"',
      "gemm_flops_per_s must be a number"),
+    ("gemm_fp32_flops_per_s = 52000000000000.0\n", "",
+     "missing field 'gemm_fp32_flops_per_s'"),
+    ("elementwise_efficiency = 0.71", "elementwise_efficiency = 1.5",
+     "elementwise_efficiency must be in (0, 1]"),
+    ("elementwise_efficiency = 0.71", "elementwise_efficiency = 0.0",
+     "elementwise_efficiency must be > 0"),
     ("duplex_copies = true", "duplex_copies = 1", "duplex_copies must be true or false"),
     ("copy_engines = 3", "copy_engines = 3\ngpu_count = 1", "unknown field 'gpu_count'"),
     ('copy_engines = "measured"', 'copy_engines = "guessed"', "provenance of copy_engines"),
@@ -176,6 +201,8 @@ def test_profile_frame_gives_unit_and_provenance_of_every_field() -> None:
     assert frame.loc["h2d_pinned_bytes_per_s", "readable"] == "54.90 GB/s"
     assert frame.loc["gemm_half_flops", "unit"] == "FLOP"
     assert frame.loc["duplex_copies", "readable"] == "true"
+    assert frame.loc["gemm_fp32_flops_per_s", "readable"] == "52.0 TFLOP/s"
+    assert frame.loc["elementwise_efficiency", "unit"] == "fraction"
     assert frame.loc["gemm_flops_per_s", "provenance"] == "measured"
 
 
