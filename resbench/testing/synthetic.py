@@ -67,8 +67,9 @@ def synthetic_schedule(units: Mapping[str, Mapping[str, int]],
         if stage not in stages:
             stages.append(stage)
         phases.setdefault((stage, comp), sum(1 for s, _ in phases if s == stage))
-        out_calls.append(UnitCall(i, comp, unit, stage, -1, 0, 0, 0, 0, 0,
-                                  acts.get((comp, unit), 0)))
+        out_calls.append(UnitCall(index=i, component=comp, unit=unit, stage=stage, step=-1,
+                                  gemm_flops=0, attention_flops=0, conv_flops=0, memory_bytes=0,
+                                  op_count=0, activation_bytes=acts.get((comp, unit), 0)))
     uses = tuple(ComponentUse(stage, comp, phase, allow_prefetch=(stage, comp) not in no_prefetch)
                  for (stage, comp), phase in phases.items())
     return Schedule(model="synthetic", scale=1.0, request={}, units=tuple(infos), uses=uses,

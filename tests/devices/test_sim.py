@@ -17,7 +17,9 @@ A, B, C = ("dit", "blocks.0"), ("dit", "blocks.1"), ("dit", "rest")
 
 
 def call(index: int, activation_bytes: int = 0) -> UnitCall:
-    return UnitCall(index, "dit", "blocks.0", "denoise", 0, 0, 0, 0, 0, 0, activation_bytes)
+    return UnitCall(index=index, component="dit", unit="blocks.0", stage="denoise", step=0,
+                    gemm_flops=0, attention_flops=0, conv_flops=0, memory_bytes=0, op_count=0,
+                    activation_bytes=activation_bytes)
 
 
 def device(*, times: list[float] | None = None, **profile_kw: object) -> SimDevice:
