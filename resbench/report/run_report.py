@@ -179,10 +179,15 @@ def run_sections(run: Run, sid: str, *, level: int = 2, budget_curve: bool = Tru
                  ) -> tuple[list[Card], list[Section], dict[str, Any]]:
     """Cards, sections and embedded data of one run; ids start with `sid`. `budget_curve`
     False skips re-simulating the schedule at other budgets (the slowest part)."""
-    a = RunAnalysis(run.events, run.profile, run.schedule)
+    # On a real device the memory samples are the allocator's own numbers (activations
+    # included) and the measured peak is in the result: adding the schedule's per-call
+    # activation estimates on top would count them twice.
+    simulated = run.device != "cuda"
+    a = RunAnalysis(run.events, run.profile, run.schedule if simulated else None)
     s = a.summary()
     budget = _budget(run)
-    peak = s["peak_device_bytes"] or int(run.result.get("peak_device_bytes", s["peak_ledger_bytes"]))
+    measured = run.result.get("peak_device_bytes")
+    peak = (s["peak_device_bytes"] if simulated else None) or int(measured or s["peak_ledger_bytes"])
     colors = figures.palette([c for c in run.events["component"] if c])
     windows = a.stages()[["stage", "start_s", "end_s"]]
     cards = [
