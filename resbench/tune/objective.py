@@ -26,6 +26,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -245,3 +247,5 @@ def record(trial: Any, ev: Evaluation, host_budget_bytes: int) -> None:
     for key, value in ev.user_attrs().items():
         if value is not None:
             trial.set_user_attr(key, value)
+    # which process ran it: workers on several hosts share one study
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

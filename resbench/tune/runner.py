@@ -41,6 +41,7 @@ from resbench.tune.study import (
     make_sampler,
     open_storage,
     open_study,
+    redact_url,
     study_name,
 )
 from resbench.tune.sweep import default_sweep_path, load_sweep
@@ -131,8 +132,9 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     name = options.study_name or study_name(
         spec.name, profile.name, budget, request, scale=options.scale, pareto=pareto,
         sweep=None if options.sweep is None else Path(options.sweep).stem)
-    storage_url = options.storage or default_storage(name)
-    storage = open_storage(storage_url)
+    secret_url = options.storage or default_storage(name)
+    storage = open_storage(secret_url)
+    storage_url = redact_url(secret_url)  # what is printed and saved: never the password
     n_objectives = 2 if pareto else 1
     probe = open_study(name, storage, n_objectives=n_objectives,
                        sampler=optuna.samplers.RandomSampler())

@@ -70,6 +70,19 @@ def default_storage(name: str, folder: Path = Path("sweeps")) -> str:
     return f"sqlite:///{folder / f'{name}.db'}"
 
 
+def redact_url(url: str) -> str:
+    """The storage URL with any password replaced by `***` (for logs, results, plan headers)."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in url or url.startswith("sqlite"):
+        return url
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a SQLAlchemy URL (e.g. a journal path): nothing to hide
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
 def open_storage(url: str) -> BaseStorage:
     """An optuna storage for `url` (see the module docstring); `InputError` naming the URL if
     it cannot be opened."""
@@ -93,7 +106,7 @@ def open_storage(url: str) -> BaseStorage:
         return _rdb(text, engine)
     except Exception as exc:  # every driver raises its own errors; the user needs the URL
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot open study storage {url!r}: {reason}") from None
+        raise InputError(f"cannot open study storage {redact_url(url)!r}: {reason}") from None
 
 
 def _sqlite_connect(path: str) -> Callable[[], sqlite3.Connection]:
