@@ -27,7 +27,7 @@ from resbench.cli.common import (
     stderr,
 )
 from resbench.tune import TuneInterrupted, TuneOptions, tune
-from resbench.tune.study import OBJECTIVES, SAMPLERS
+from resbench.tune.study import OBJECTIVES, SAMPLERS, default_storage
 from resbench.units import format_bytes
 
 
@@ -101,13 +101,17 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
                    "[default: strategies/presets].")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
               help="Shrink the model (tests).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="HTML report of the study [default: reports/<study>.html].")
+@click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @request_options
 @json_option
 def command(model: str, budget: int, host_budget: int | None,
             hardware: str | None, sweep: Path | None, n_trials: int, timeout: float | None,
             sampler: str | None, objectives: tuple[str, ...], seed: int | None,
             storage: str | None, study_name: str | None, device: str, validate: int,
-            out: Path | None, presets: Path | None, scale: float, as_json: bool, **kwargs: Any) -> None:
+            out: Path | None, presets: Path | None, scale: float, report_path: Path | None,
+            no_report: bool, as_json: bool, **kwargs: Any) -> None:
     """Search strategy assignments and buffer margins for the fastest plan under --budget.
 
     Rerunning the same command resumes the study; two processes on one storage share it.
@@ -145,12 +149,28 @@ def command(model: str, budget: int, host_budget: int | None,
         f"wrote {path}",
         f"study {result.study_name} in {result.storage} (optuna-dashboard {result.storage})",
     ]
+    if not no_report:
+        report = write_study_report(result.study_name, storage or default_storage(result.study_name),
+                                    report_path or Path("reports") / f"{result.study_name}.html")
+        data["report"] = str(report)
+        lines.append(f"report: {report}")
     tables = [("best plan", result.components_frame()),
               ("comparison (speedup = that plan's latency / tuned latency)",
                result.comparison_frame())]
     if result.pareto:
         tables.append(("Pareto front (latency vs peak device memory)", result.pareto_frame()))
     emit(data, as_json=as_json, tables=tables, lines=lines)
+
+
+def write_study_report(study_name: str, storage: str, path: Path) -> Path:
+    """The study's HTML report (history, importances, plan vs presets, budget curve)."""
+    import optuna
+
+    from resbench.report.build import write_report
+    from resbench.tune.study import open_storage
+
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return write_report(path, studies=[study])
 
 
 # `request_options` brings the request's --seed, which changes no timing; `--seed` here seeds

@@ -14,7 +14,7 @@ from resbench.cli.tune_cmd import TuneProgress
 from resbench.cli.tune_cmd import command as tune_command
 
 TINY = ["tune", "--model", MODEL, "--scale", "0.05", *REQUEST_ARGS, "--sweep", str(TINY_SWEEP),
-        "--hardware", "h100-80g", "--seed", "0"]
+        "--hardware", "h100-80g", "--seed", "0", "--no-report"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -36,7 +36,8 @@ def test_option_set_is_deliberate() -> None:
         "--model", "--budget", "--host-budget", "--hardware", "--sweep", "--n-trials",
         "--timeout", "--sampler", "--objectives", "--seed", "--storage", "--study-name",
         "--device", "--validate", "--out", "--presets", "--scale", "--height", "--width",
-        "--frames", "--steps", "--cfg", "--cfg-mode", "--batch", "--json"])
+        "--frames", "--steps", "--cfg", "--cfg-mode", "--batch", "--json", "--report",
+        "--no-report"])
     assert cli.commands["tune"] is tune_command
 
 
@@ -148,3 +149,15 @@ def test_ctrl_c_exits_130_and_keeps_the_finished_trials(capsys: pytest.CaptureFi
     study = optuna.load_study(study_name="ctrl-c", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(storage)))
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == k
+
+
+def test_tune_writes_and_prints_its_report(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    args = [a for a in TINY if a != "--no-report"]
+    report = tmp_path / "study.html"
+    code, out, err = run(capsys, *args, "--budget", "1GB", "--n-trials", "4",
+                         "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                         "--out", str(tmp_path / "plan.toml"), "--report", str(report), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["report"] == str(report) and report.is_file()
+    assert "https://" not in report.read_text()
