@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from pathlib import Path
 
@@ -15,12 +16,10 @@ from resbench.tune.runner import NoFeasiblePlanError
 
 
 def _worker(storage: str, folder: str, n: int, seed: int, schedule: Schedule) -> None:
-    try:
+    # NoFeasiblePlanError is a race, not a bookkeeping failure: the other worker may still be
+    # running the one plan that fits when this one ends; its trials are stored either way.
+    with contextlib.suppress(NoFeasiblePlanError):
         tune(make_options(Path(folder), storage=storage, n_trials=n, seed=seed), schedule=schedule)
-    except NoFeasiblePlanError:
-        # A race, not a bookkeeping failure: the other worker may still be running the one
-        # plan that fits when this one ends; its trials are stored either way.
-        pass
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
