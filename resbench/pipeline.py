@@ -8,6 +8,7 @@ what the residency manager plans from.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -127,16 +128,23 @@ class RunState:
     output: torch.Tensor | None = None
 
 
-class Stage:
-    """A pipeline stage: a name, the components it uses, and `run`."""
+class Stage(ABC):
+    """A pipeline stage: a name, the components it uses, and `run`.
+
+    `uses` declares, before the request starts, every component the stage will call (the
+    residency manager plans from these); `run` reads and writes `state` and calls components
+    only through `pipe.call`, so drivers see every component entry.
+    """
 
     name: str = ""
 
+    @abstractmethod
     def uses(self) -> list[ComponentUse]:
-        raise NotImplementedError
+        """The stage's component uses, in the order it calls them."""
 
+    @abstractmethod
     def run(self, pipe: Pipeline, request: Request, state: RunState, hooks: PipelineHooks) -> None:
-        raise NotImplementedError
+        """Run the stage for `request`, reading and updating `state`."""
 
 
 class TextEncodeStage(Stage):

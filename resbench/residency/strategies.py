@@ -339,7 +339,3 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.Config.name: cls
     for cls in (ResidentStrategy, OffloadStrategy, LayerwiseStrategy, DisabledStrategy)
 }
-
-
-def unit_key(component: str, unit: str) -> UnitKey:
-    return (component, unit)
