@@ -13,6 +13,7 @@ normalisation (per-channel mean/std, held outside the module in the original) is
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -257,14 +258,16 @@ class WanVAE(ResidencyComponent):
     official pipelines)."""
 
     block_attrs = ("encoder.downsamples", "encoder.middle", "decoder.middle", "decoder.upsamples")
+    encoder_cls: ClassVar[type[nn.Module]] = Encoder3d
+    decoder_cls: ClassVar[type[nn.Module]] = Decoder3d
 
     def __init__(self, cfg: WanVAEConfig = WAN21_VAE) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder3d(cfg)
+        self.encoder = self.encoder_cls(cfg)
         self.quant_conv = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
         self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
-        self.decoder = Decoder3d(cfg)
+        self.decoder = self.decoder_cls(cfg)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -272,7 +275,7 @@ class WanVAE(ResidencyComponent):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         cache: FeatureCache = {}
-        x = x.to(self.dtype)
+        x = self._pixels_in(x.to(self.dtype))
         out = torch.cat([self.encoder(chunk, cache) for chunk in time_chunks(x, 1, 4)], dim=2)
         mu, _log_var = self.quant_conv(out).chunk(2, dim=1)
         return mu.contiguous()
@@ -280,5 +283,16 @@ class WanVAE(ResidencyComponent):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         cache: FeatureCache = {}
         x = self.post_quant_conv(z.to(self.dtype))
-        out = torch.cat([self.decoder(chunk, cache) for chunk in time_chunks(x, 1, 1)], dim=2)
-        return out.clamp_(-1, 1)
+        out = torch.cat([self._decode_chunk(c, cache, i) for i, c in enumerate(time_chunks(x, 1, 1))],
+                        dim=2)
+        return self._pixels_out(out).clamp_(-1, 1)
+
+    # Hooks the Wan2.2 VAE overrides (2x2 pixel patchify, first-chunk-aware decoder).
+    def _pixels_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _pixels_out(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _decode_chunk(self, chunk: torch.Tensor, cache: FeatureCache, index: int) -> torch.Tensor:
+        return self.decoder(chunk, cache)

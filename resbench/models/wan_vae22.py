@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resbench.models.base import ResidencyComponent
 from resbench.models.wan_vae import (
     AttentionBlock,
     CausalConv3d,
@@ -21,8 +20,8 @@ from resbench.models.wan_vae import (
     FeatureCache,
     Resample,
     ResidualBlock,
+    WanVAE,
     WanVAEConfig,
-    time_chunks,
 )
 
 WAN22_VAE = WanVAEConfig(dim=160, dec_dim=256, z_dim=48)
@@ -173,35 +172,21 @@ class Decoder22(nn.Module):
         return self.head_conv(F.silu(self.head_norm(x)), cache)
 
 
-class WanVAE22(ResidencyComponent):
+class WanVAE22(WanVAE):
     """Wan2.2 VAE. ``encode``: video [B, 3, F, H, W] → latents [B, 48, (F−1)/4+1, H/16, W/16];
     ``decode``: the inverse, clamped to [-1, 1]. Computes in its weight dtype."""
 
-    block_attrs = ("encoder.downsamples", "encoder.middle", "decoder.middle", "decoder.upsamples")
+    encoder_cls = Encoder22
+    decoder_cls = Decoder22
 
     def __init__(self, cfg: WanVAEConfig = WAN22_VAE) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder22(cfg)
-        self.quant_conv = CausalConv3d(cfg.z_dim * 2, cfg.z_dim * 2, 1)
-        self.post_quant_conv = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)
-        self.decoder = Decoder22(cfg)
+        super().__init__(cfg)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+    def _pixels_in(self, x: torch.Tensor) -> torch.Tensor:
+        return patchify(x)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        cache: FeatureCache = {}
-        x = patchify(x.to(self.dtype))
-        out = torch.cat([self.encoder(chunk, cache) for chunk in time_chunks(x, 1, 4)], dim=2)
-        mu, _log_var = self.quant_conv(out).chunk(2, dim=1)
-        return mu.contiguous()
+    def _pixels_out(self, x: torch.Tensor) -> torch.Tensor:
+        return unpatchify(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        cache: FeatureCache = {}
-        x = self.post_quant_conv(z.to(self.dtype))
-        chunks = time_chunks(x, 1, 1)
-        out = torch.cat([self.decoder(c, cache, first_chunk=i == 0) for i, c in enumerate(chunks)],
-                        dim=2)
-        return unpatchify(out).clamp_(-1, 1)
+    def _decode_chunk(self, chunk: torch.Tensor, cache: FeatureCache, index: int) -> torch.Tensor:
+        return self.decoder(chunk, cache, first_chunk=index == 0)
