@@ -108,10 +108,12 @@ _RESULT_FIELDS = ("latency_s", "compute_s", "stall_s", "h2d_bytes", "d2h_bytes",
 
 def _from_profile_result(res: Any) -> dict[str, Any]:
     """The fields of a `resbench.profile.ProfileResult` (duck-typed: `.trace`, `.plan`...)."""
-    try:
-        profile: Any = get_profile(res.hardware)
-    except InputError:
-        profile = {"name": res.hardware}
+    profile: Any = getattr(res, "profile", None)
+    if profile is None:
+        try:
+            profile = get_profile(res.hardware)
+        except InputError:
+            profile = {"name": res.hardware}
     return {
         "events": res.trace, "plan": res.plan, "profile": profile, "model": res.model,
         "request": res.request, "device": res.device, "schedule": getattr(res, "schedule", None),

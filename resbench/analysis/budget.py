@@ -7,53 +7,56 @@ a budget is a row with ``fits = False``.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from resbench.drivers.replay import simulate
-from resbench.errors import DoesNotFitError, InputError
+from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
-from resbench.residency.plan import Plan, plan_from_dict
+from resbench.residency.plan import Plan
 from resbench.residency.strategies import LayerwiseConfig
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
 
-PRESET_DIRS = (Path("strategies/presets"),)
-
-
-def load_presets(folders: Iterable[Path] = PRESET_DIRS,
-                 kinds: Mapping[str, str] | None = None) -> dict[str, Plan]:
-    """Preset plans by name from `folders`; those naming components the model lacks (given
-    `kinds`) or that fail to load are left out."""
-    out: dict[str, Plan] = {}
-    for folder in folders:
-        for path in sorted(Path(folder).glob("*.toml")):
-            try:
-                plan = plan_from_dict(tomllib.loads(path.read_text()), source=str(path))
-                if kinds is not None:
-                    plan.check_components(dict(kinds), source=str(path))
-            except (InputError, tomllib.TOMLDecodeError):
-                continue
-            out.setdefault(plan.name, plan)
-    return out
-
+_UNBOUNDED_BYTES = 2**60
 
 def frugal_plan() -> Plan:
     """Every block streamed alone, nothing ahead: the least memory a plan can run in."""
     return Plan(name="frugal", components=(("default", LayerwiseConfig(group_size=1, prefetch_depth=0)),))
 
 
+def needed_budget_bytes(schedule: Schedule, plan: Plan, profile: HardwareProfile, *,
+                        call_times_s: Sequence[float] | None = None) -> int | None:
+    """The smallest budget `plan` fits in on `profile`: the peak of its static version run
+    without a budget (the dynamic policy would keep everything there), plus its buffer
+    margin, grown by the profile's fragmentation share (the simulator takes that share off
+    every budget). None when the plan cannot run at all."""
+    static = dataclasses.replace(plan, policy="static") if plan.policy == "dynamic" else plan
+    try:
+        res = simulate(schedule, static, profile.with_capacity(_UNBOUNDED_BYTES),
+                       capacity_bytes=_UNBOUNDED_BYTES, call_times_s=call_times_s)
+    except DoesNotFitError:
+        return None
+    margin = plan.buffer_margin_bytes if plan.policy == "dynamic" else 0
+    return math.ceil((res.peak_device_bytes + margin) / (1.0 - profile.fragmentation_fraction))
+
+
+def min_budget_bytes(schedule: Schedule, profile: HardwareProfile, *,
+                     call_times_s: Sequence[float] | None = None) -> int:
+    """The smallest budget any plan fits in: what `frugal_plan` needs. `profile` and `tune`
+    both quote this figure."""
+    need = needed_budget_bytes(schedule, frugal_plan(), profile, call_times_s=call_times_s)
+    assert need is not None, "the frugal plan runs without a budget"
+    return need
+
+
 def default_budgets(schedule: Schedule, profile: HardwareProfile, points: int = 14) -> list[int]:
     """Budgets from what the most frugal plan needs up to the card's capacity, in whole GB
     where the range allows (10^9 B)."""
-    roomy = profile.with_capacity(1 << 50)
-    floor = simulate(schedule, frugal_plan(), roomy, capacity_bytes=1 << 50,
-                     tracer=Tracer(enabled=False)).peak_device_bytes
-    floor = int(floor / (1.0 - profile.fragmentation_fraction)) + 1
+    floor = min_budget_bytes(schedule, profile)
     top = profile.memory_capacity_bytes
     if floor >= top:
         return [top]

@@ -20,6 +20,14 @@ The manager never knows which device it runs on. It names units by `UnitKey`
   budget; `pinned_bytes()` — host memory pinned for units.
 * `now()` — a time token on the compute stream; `resolve(token)` → seconds since start.
 
+Lifecycle (the base class gives each a no-op default, so callers never ask which device
+they hold): `begin_setup()` / `end_setup()` bracket the loads before the first request (a
+real card takes them from pinned memory whatever the plan says); `clock_s()` is the
+device's clock in seconds once all issued work has finished (the simulator's virtual
+compute clock; a real device synchronises, then reads the host clock); `compute_busy_s()`
+the seconds the compute stream was busy when the device knows it without a trace (None
+otherwise); `close()` frees every device copy and pool — a device is used for one run.
+
 Memory is accounted in program order (as the caching allocator does on the host): a unit
 counts from `h2d` until `drop`/`d2h`. A device that cannot satisfy an allocation raises
 `DoesNotFitError` naming the unit and the bytes missing.
@@ -28,7 +36,7 @@ counts from `h2d` until `drop`/`d2h`. A device that cannot satisfy an allocation
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from resbench.errors import DoesNotFitError
 from resbench.schedule import UnitCall
@@ -50,27 +58,92 @@ class Transfer:
     handle: Any = None  # device-specific (CUDA event)
 
 
-class Device(Protocol):
-    name: str
-    kind: str  # "cpu" | "cuda" | "sim"
+class Device:
+    """Base of the three devices: the operations above are abstract, the lifecycle no-ops."""
 
-    def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None: ...
-    def place_unmanaged(self, key: UnitKey) -> None: ...
-    def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer: ...
-    def wait(self, transfer: Transfer) -> Any: ...
-    def drop(self, key: UnitKey) -> None: ...
-    def d2h(self, key: UnitKey) -> Transfer: ...
-    def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None: ...
-    def free_pool(self, name: str) -> None: ...
-    def compute_begin(self, call: UnitCall) -> Any: ...
-    def compute_end(self, call: UnitCall) -> Any: ...
-    def used_bytes(self) -> int: ...
-    def free_bytes(self) -> int: ...
-    def peak_bytes(self) -> int: ...
-    def pinned_bytes(self) -> int: ...
-    def now(self) -> Any: ...
-    def resolve(self, token: Any) -> float: ...
-    def on_device(self, key: UnitKey) -> bool: ...
+    name: str = ""
+    kind: str = ""  # "cpu" | "cuda" | "sim": for labels and results, never for branching
+
+    def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None:
+        raise NotImplementedError
+
+    def place_unmanaged(self, key: UnitKey) -> None:
+        raise NotImplementedError
+
+    def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer:
+        raise NotImplementedError
+
+    def wait(self, transfer: Transfer) -> Any:
+        raise NotImplementedError
+
+    def drop(self, key: UnitKey) -> None:
+        raise NotImplementedError
+
+    def d2h(self, key: UnitKey) -> Transfer:
+        raise NotImplementedError
+
+    def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
+        raise NotImplementedError
+
+    def free_pool(self, name: str) -> None:
+        raise NotImplementedError
+
+    def compute_begin(self, call: UnitCall) -> Any:
+        raise NotImplementedError
+
+    def compute_end(self, call: UnitCall) -> Any:
+        raise NotImplementedError
+
+    def used_bytes(self) -> int:
+        raise NotImplementedError
+
+    def free_bytes(self) -> int:
+        raise NotImplementedError
+
+    def peak_bytes(self) -> int:
+        raise NotImplementedError
+
+    def pinned_bytes(self) -> int:
+        raise NotImplementedError
+
+    def now(self) -> Any:
+        raise NotImplementedError
+
+    def resolve(self, token: Any) -> float:
+        raise NotImplementedError
+
+    def on_device(self, key: UnitKey) -> bool:
+        raise NotImplementedError
+
+    # -- lifecycle: no-ops unless a device has something to do --------------------------------
+    def begin_setup(self) -> None:
+        """Before the loads that precede the first request."""
+
+    def end_setup(self) -> None:
+        """After them (a real card prepares the host copies the request will stream from)."""
+
+    def clock_s(self) -> float:
+        """Seconds on this device's clock, all issued work finished."""
+        raise NotImplementedError
+
+    def compute_busy_s(self) -> float | None:
+        """Seconds the compute stream was busy, when known without a trace."""
+        return None
+
+    def peak_reserved_bytes(self) -> int | None:
+        """Peak bytes the device's allocator held (None: no allocator beside the ledger)."""
+        return None
+
+    def capacity_bytes(self) -> int:
+        """Device bytes a run may fill (the budget; the simulator's net of fragmentation)."""
+        raise NotImplementedError
+
+    def ledger_peak_bytes(self) -> int:
+        """Peak of the program-order ledger (weights, pools, and activations where modelled)."""
+        return self.peak_bytes()
+
+    def close(self) -> None:
+        """Free every device copy and pool; the device is not used again."""
 
 
 class Ledger:

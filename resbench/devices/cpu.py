@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbench.devices.base import Ledger, Transfer, UnitKey
+from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.models.base import TensorSlot, unit_slots
 from resbench.schedule import UnitCall
 
 
-class CpuDevice:
+class CpuDevice(Device):
     name = "cpu"
     kind = "cpu"
 
@@ -111,6 +111,12 @@ class CpuDevice:
 
     def resolve(self, token: Any) -> float:
         return float(token)
+
+    def capacity_bytes(self) -> int:
+        return self.ledger.capacity_bytes
+
+    def clock_s(self) -> float:
+        return self.now()
 
 
 def _rebind(module: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -24,12 +24,13 @@ pageable memory does (the simulator models them the same way).
 Time tokens are CUDA events; `resolve` turns one into seconds since the device was created
 (after one synchronize). The ledger is the caching allocator's: `memory_allocated()` against
 the budget, which is enforced with `set_per_process_memory_fraction` by the caller
-(`resbench.measure`). A `Ledger` in program order tracks pool slots and weight bytes.
+(`resbench.execution.CudaBackend`). A `Ledger` in program order tracks pool slots and weight bytes.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbench.devices.base import Ledger, Transfer, UnitKey
+from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.devices.cpu import _rebind
 from resbench.errors import DeviceOOMError
 from resbench.models.base import REST, ComponentSpec, _seed_for, build_component, unit_slots
@@ -259,7 +260,7 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
 # ----------------------------------------------------------------------------------- device
 
 
-class CudaDevice:
+class CudaDevice(Device):
     name = "cuda"
     kind = "cuda"
 
@@ -510,6 +511,16 @@ class CudaDevice:
 
     def now(self) -> Any:
         return self._event(torch.cuda.current_stream(self.device))
+
+    def capacity_bytes(self) -> int:
+        return self.budget_bytes
+
+    def clock_s(self) -> float:
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def ledger_peak_bytes(self) -> int:
+        return self.ledger.peak
 
     def resolve(self, token: Any) -> float:
         if not isinstance(token, torch.cuda.Event):

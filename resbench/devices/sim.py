@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from resbench.devices.base import Ledger, Transfer, UnitKey
+from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
 from resbench.schedule import UnitCall
 
 
-class SimDevice:
+class SimDevice(Device):
     name = "sim"
     kind = "sim"
 
@@ -161,3 +161,12 @@ class SimDevice:
 
     def resolve(self, token: Any) -> float:
         return float(token)
+
+    def capacity_bytes(self) -> int:
+        return self.ledger.capacity_bytes
+
+    def clock_s(self) -> float:
+        return self.compute_t
+
+    def compute_busy_s(self) -> float | None:
+        return self.busy_compute_s

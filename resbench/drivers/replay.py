@@ -1,13 +1,14 @@
-"""`ReplayDriver`: drives the residency manager over a recorded schedule on a `SimDevice`.
+"""`ReplayDriver`: walks a recorded schedule through the residency manager, no torch work.
 
-No torch work happens: each unit call costs what the `CostModel` says on the hardware
-profile, and the manager makes exactly the decisions it would make on the real card.
-`simulate` is the one call the tuner and `resbench profile --device sim` use.
+On a `SimDevice` each unit call costs what the `CostModel` says on the hardware profile, and
+the manager makes exactly the decisions it would make on the real card. `simulate` is the
+simulator's one-line entry point (`resbench.execution.execute` on a fresh `SimDevice`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from resbench.cost import CostModel
 from resbench.devices.sim import SimDevice
@@ -17,65 +18,52 @@ from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
 
-
-@dataclass(frozen=True, slots=True)
-class SimResult:
-    """Outcome of one simulated request (seconds and bytes)."""
-
-    latency_s: float
-    setup_s: float
-    compute_s: float
-    stall_s: float
-    h2d_bytes: int
-    d2h_bytes: int
-    peak_device_bytes: int
-    pinned_host_bytes: int
-    capacity_bytes: int
+if TYPE_CHECKING:
+    from resbench.execution import RunResult
 
 
 class ReplayDriver:
-    def __init__(self, schedule: Schedule, plan: Plan, profile: HardwareProfile, *,
-                 capacity_bytes: int | None = None, tracer: Tracer | None = None,
-                 call_times_s: list[float] | None = None) -> None:
-        self.schedule = schedule
-        times = call_times_s if call_times_s is not None else CostModel(profile).call_times(schedule.calls)
-        unit_bytes = {(u.component, u.name): u.weight_bytes for u in schedule.units}
-        self.device = SimDevice(profile, unit_bytes=unit_bytes, call_times_s=times,
-                                capacity_bytes=capacity_bytes, state_bytes=schedule.state_bytes)
-        self.manager = ResidencyManager(schedule, plan, self.device, kinds=schedule.kinds,
-                                        tracer=tracer or Tracer())
+    """Drives `manager` over its schedule: setup, then every call in order, stage by stage."""
 
-    def run(self) -> SimResult:
-        mgr, dev = self.manager, self.device
+    def __init__(self, manager: ResidencyManager) -> None:
+        self.manager = manager
+        self.cursor = 0
+
+    def run(self, request: Any = None) -> None:
+        mgr = self.manager
         mgr.setup()
-        setup_s = dev.compute_t
         mgr.request_start()
-        start = dev.compute_t
         stage = None
         begin, end = mgr.unit_begin, mgr.unit_end
-        for call in self.schedule.calls:
+        for call in mgr.schedule.calls:
             if call.stage != stage:
                 if stage is not None:
                     mgr.stage_exit(stage)
                 stage = call.stage
                 mgr.stage_enter(stage)
+            self.cursor += 1
             begin(call)
             end(call)
         if stage is not None:
             mgr.stage_exit(stage)
         mgr.request_end()
-        latency = dev.compute_t - start
-        mgr.tracer.finalize(dev.resolve)
-        return SimResult(latency_s=latency, setup_s=setup_s, compute_s=dev.busy_compute_s,
-                         stall_s=max(0.0, latency - dev.busy_compute_s), h2d_bytes=mgr.h2d_bytes,
-                         d2h_bytes=mgr.d2h_bytes, peak_device_bytes=dev.peak_bytes(),
-                         pinned_host_bytes=dev.pinned_bytes(),
-                         capacity_bytes=dev.ledger.capacity_bytes)
+        mgr.tracer.finalize(mgr.device.resolve)
+
+
+def sim_device(schedule: Schedule, profile: HardwareProfile, *, capacity_bytes: int | None = None,
+               call_times_s: Sequence[float] | None = None) -> SimDevice:
+    """A `SimDevice` for `schedule` on `profile` (`capacity_bytes`: the budget; None: the card)."""
+    times = call_times_s if call_times_s is not None else CostModel(profile).call_times(schedule.calls)
+    unit_bytes = {(u.component, u.name): u.weight_bytes for u in schedule.units}
+    return SimDevice(profile, unit_bytes=unit_bytes, call_times_s=times,
+                     capacity_bytes=capacity_bytes, state_bytes=schedule.state_bytes)
 
 
 def simulate(schedule: Schedule, plan: Plan, profile: HardwareProfile, *,
              capacity_bytes: int | None = None, tracer: Tracer | None = None,
-             call_times_s: list[float] | None = None) -> SimResult:
+             call_times_s: Sequence[float] | None = None) -> RunResult:
     """Score `plan` on `schedule` and `profile`; raises `DoesNotFitError` if it cannot fit."""
-    return ReplayDriver(schedule, plan, profile, capacity_bytes=capacity_bytes, tracer=tracer,
-                        call_times_s=call_times_s).run()
+    from resbench.execution import execute
+
+    device = sim_device(schedule, profile, capacity_bytes=capacity_bytes, call_times_s=call_times_s)
+    return execute(schedule, plan, device, tracer=tracer or Tracer(enabled=False))

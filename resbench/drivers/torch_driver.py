@@ -7,7 +7,6 @@ whose call order differs from its recording fails loudly instead of streaming wr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,13 +21,6 @@ from resbench.schedule import UnitCall
 
 class ScheduleMismatch(ResbenchError):
     """The real run called units in a different order than the recorded schedule."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    output: torch.Tensor
-    latency_s: float
-    peak_device_bytes: int
 
 
 class TorchDriver(PipelineHooks):

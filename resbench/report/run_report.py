@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from resbench.analysis import RunAnalysis
-from resbench.analysis.budget import budget_curve, default_budgets, filled_curve, load_presets
+from resbench.analysis.budget import budget_curve, default_budgets, filled_curve
 from resbench.analysis.compare import METRICS, run_metrics
 from resbench.cost import CostModel
 from resbench.hardware import profile_from_dict
@@ -17,6 +17,7 @@ from resbench.report import figures
 from resbench.report.findings import run_findings
 from resbench.report.html import Card, Figure, Section, Table, format_table, kv_table, render_page
 from resbench.report.svg import figure_svg, style
+from resbench.resources import load_presets
 from resbench.run import Run
 from resbench.units import format_bytes
 

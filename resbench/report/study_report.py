@@ -38,22 +38,32 @@ def _plan_rows(plan: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def study_profile(ctx: dict[str, Any]) -> Any:
+    """The hardware profile a study was tuned on: stored whole in the study (a profile read
+    from a file has a name no preset has), else the preset it names (older studies)."""
+    from resbench.hardware import get_profile, profile_from_dict
+
+    if isinstance(ctx.get("hardware_profile"), dict):
+        return profile_from_dict(ctx["hardware_profile"], where="the study's hardware profile")
+    return get_profile(ctx.get("hardware") or "h100-80g")
+
+
 def _budget_curve(study: optuna.Study, ctx: dict[str, Any], best_plan: Any,
                   sid: str) -> tuple[Section, pd.DataFrame | None]:
     title = "What a bigger budget buys"
     if not {"model", "request"} <= ctx.keys() or best_plan is None:
         why = CONTEXT_HINT if best_plan is not None else "No feasible trial with a stored plan."
         return Section(id=f"{sid}-budget", title=title, notes=[why]), None
-    from resbench.analysis.budget import budget_curve, default_budgets, filled_curve, load_presets
-    from resbench.hardware import get_profile
+    from resbench.analysis.budget import budget_curve, default_budgets, filled_curve
     from resbench.models import get_model
     from resbench.pipeline import Request
     from resbench.record import record_schedule
+    from resbench.resources import load_presets
 
     spec = get_model(ctx["model"])
     request = Request.for_model(spec, **dict(ctx["request"]))
     schedule = record_schedule(spec, request, scale=float(ctx.get("scale", 1.0)))
-    profile = get_profile(ctx.get("hardware") or "h100-80g")
+    profile = study_profile(ctx)
     budgets = default_budgets(schedule, profile)
     budget = ctx.get("budget_bytes")
     budget = parse_bytes(budget) if isinstance(budget, str) else budget

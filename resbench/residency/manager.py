@@ -61,10 +61,18 @@ class ResidencyManager:
         self._compute_start: Any = None
         self.h2d_bytes = 0
         self.d2h_bytes = 0
+        self.setup_s = 0.0
+        """Seconds `setup` took on the device's clock."""
+        self.latency_s = 0.0
+        """Seconds from `request_start` to `request_end` on the device's clock (all work done)."""
+        self._request_start_s = 0.0
 
     # -- driver hooks ------------------------------------------------------------------------
     def setup(self) -> None:
-        """Register host copies (pinned within budget), place resident and unmanaged units."""
+        """Register host copies (pinned within budget), place resident and unmanaged units.
+        Sets `setup_s`, the seconds this took on the device's clock."""
+        self.device.begin_setup()
+        setup_start = self.device.clock_s()
         budget = self.plan.host.pinned_budget_bytes
         pinned_total = 0
         for comp, strategy in self.strategies.items():
@@ -80,8 +88,11 @@ class ResidencyManager:
             strategy.setup()
         self.tracer.event("setup", start, end=self.device.now())
         self._memory()
+        self.device.end_setup()
+        self.setup_s = self.device.clock_s() - setup_start
 
     def request_start(self) -> None:
+        self._request_start_s = self.device.clock_s()
         self.tracer.stage = ""
         self.tracer.step = -1
         self.tracer.event("request_start", self.device.now())
@@ -131,6 +142,7 @@ class ResidencyManager:
             strategy.request_end()
         self._memory()
         self.tracer.event("request_end", self.device.now())
+        self.latency_s = self.device.clock_s() - self._request_start_s
 
     # -- uses --------------------------------------------------------------------------------
     def _begin_use(self, use: UseInterval) -> None:

@@ -22,19 +22,18 @@ would fit in is estimated from a run of its static version without a budget.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from resbench.analysis.budget import needed_budget_bytes
 from resbench.cost import CostModel
 from resbench.drivers.replay import simulate
 from resbench.errors import DoesNotFitError
+from resbench.execution import Backend, RunResult
 from resbench.hardware import HardwareProfile
 from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
@@ -43,28 +42,6 @@ from resbench.tune.space import SearchSpace
 
 INFEASIBLE_LATENCY_S = 1.0e6
 """Objective value of a plan that does not fit: finite, far above any real latency."""
-_UNBOUNDED_BYTES = 2**60
-
-
-class RunResult(Protocol):
-    """What a scored run reports: `SimResult`, or a real measurement (`resbench.measure`)."""
-
-    @property
-    def latency_s(self) -> float: ...
-    @property
-    def stall_s(self) -> float: ...
-    @property
-    def h2d_bytes(self) -> int: ...
-    @property
-    def d2h_bytes(self) -> int: ...
-    @property
-    def peak_device_bytes(self) -> int: ...
-    @property
-    def pinned_host_bytes(self) -> int: ...
-
-
-Runner = Callable[[Plan, int | None], RunResult]
-"""(plan, capacity bytes or None for the whole card) → result; raises `DoesNotFitError`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +54,8 @@ class Evaluation:
     """The request's latency; `INFEASIBLE_LATENCY_S` when the plan does not fit."""
     peak_device_bytes: int
     pinned_host_bytes: int
-    stall_s: float = 0.0
+    stall_s: float | None = None
+    """Seconds compute waited for copies; None when the run did not measure it."""
     h2d_bytes: int = 0
     d2h_bytes: int = 0
     capacity_bytes: int = 0
@@ -115,8 +93,10 @@ class Evaluation:
             "pinned_host_bytes": self.pinned_host_bytes,
         }
         if self.fits:
-            attrs.update(latency_s=self.latency_s, stall_s=self.stall_s,
-                         h2d_bytes=self.h2d_bytes, d2h_bytes=self.d2h_bytes)
+            attrs.update(latency_s=self.latency_s, h2d_bytes=self.h2d_bytes,
+                         d2h_bytes=self.d2h_bytes)
+            if self.stall_s is not None:  # absent, never 0, when not measured
+                attrs["stall_s"] = self.stall_s
         else:
             attrs.update(missing_bytes=self.missing_bytes,
                          needed_budget_bytes=self.needed_budget_bytes)
@@ -141,18 +121,19 @@ class Evaluator:
     """
 
     def __init__(self, schedule: Schedule, profile: HardwareProfile, *, budget_bytes: int,
-                 host_budget_bytes: int, runner: Runner | None = None) -> None:
+                 host_budget_bytes: int, backend: Backend | None = None) -> None:
+        """`backend`: where trials run (`resbench.execution`); None: the simulator."""
         self.schedule = schedule
         self.profile = profile
         self.budget_bytes = budget_bytes
         self.host_budget_bytes = host_budget_bytes
         self.call_times_s = CostModel(profile).call_times(schedule.calls)
-        self._runner = runner
-        self.measured = runner is not None
+        self.backend = backend
+        self.measured = backend is not None and backend.measured
 
     def run(self, plan: Plan, capacity_bytes: int | None) -> RunResult:
-        if self._runner is not None:
-            return self._runner(plan, capacity_bytes)
+        if self.backend is not None:
+            return self.backend.run(plan, capacity_bytes)
         return simulate(self.schedule, plan, self.profile, capacity_bytes=capacity_bytes,
                         tracer=Tracer(enabled=False), call_times_s=self.call_times_s)
 
@@ -182,17 +163,10 @@ class Evaluator:
         return cap if self.measured else int(cap * (1.0 - self.profile.fragmentation_fraction))
 
     def needed_budget(self, plan: Plan) -> int | None:
-        """Smallest budget `plan` would fit in: the peak of its static version run without a
-        budget (the dynamic policy would keep everything there), plus its margin, plus the
-        fragmentation share. Always simulated, even when trials run on the GPU."""
-        static = dataclasses.replace(plan, policy="static") if plan.policy == "dynamic" else plan
-        try:
-            r = simulate(self.schedule, static, self.profile, capacity_bytes=_UNBOUNDED_BYTES,
-                         tracer=Tracer(enabled=False), call_times_s=self.call_times_s)
-        except DoesNotFitError:
-            return None
-        margin = plan.buffer_margin_bytes if plan.policy == "dynamic" else 0
-        return math.ceil((r.peak_device_bytes + margin) / (1.0 - self.profile.fragmentation_fraction))
+        """Smallest budget `plan` would fit in (`analysis.budget.needed_budget_bytes`).
+        Always simulated, even when trials run on the GPU."""
+        return needed_budget_bytes(self.schedule, plan, self.profile,
+                                   call_times_s=self.call_times_s)
 
     def pinned_estimate(self, plan: Plan) -> int:
         """Host bytes `plan` pins (the manager's rule: moved components, within the cap)."""

@@ -77,6 +77,8 @@ class TuneResult:
     pareto: tuple[Evaluation, ...] = ()
     validation: tuple[Validation, ...] = ()
     result_note: str = "simulated"
+    min_budget_bytes: int | None = None
+    """The smallest budget any plan fits in (`analysis.budget.min_budget_bytes`)."""
 
     # -- the plan file ---------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -119,16 +121,23 @@ class TuneResult:
         return path
 
     def _speedups(self) -> list[str]:
+        """The tuned latency against each reference, every figure labelled measured or
+        simulated; a ratio only between figures of the same kind."""
+        best = self.best
         out = []
-        for b in self.baselines:
-            if b.evaluation is not None and b.evaluation.feasible(self.host_budget_bytes):
-                out.append(f"{b.evaluation.latency_s / self.best.latency_s:.2f}x vs preset "
-                           f"{b.name} ({b.evaluation.latency_s:.3f} s)")
+        refs = [(f"preset {b.name}", b.evaluation) for b in self.baselines
+                if b.evaluation is not None and b.evaluation.feasible(self.host_budget_bytes)]
         if self.all_resident.fits:
-            out.append(f"{self.all_resident.latency_s / self.best.latency_s:.2f}x vs "
-                       f"all-resident on the whole card ({self.all_resident.latency_s:.3f} s)")
-        out.append(f"{self.best.latency_s / self.lower_bound_s:.3f}x the lower bound "
-                   f"({self.lower_bound_s:.3f} s)")
+            refs.append(("all-resident on the whole card", self.all_resident))
+        for name, ev in refs:
+            if ev.measured == best.measured:
+                out.append(f"{ev.latency_s / best.latency_s:.2f}x vs {name} "
+                           f"({ev.latency_s:.3f} s {_kind(ev)})")
+            else:
+                out.append(f"{name}: {ev.latency_s:.3f} s {_kind(ev)} (not compared with the "
+                           f"{_kind(best)} tuned latency)")
+        out.append(f"{best.latency_s / self.lower_bound_s:.3f}x the lower bound "
+                   f"({self.lower_bound_s:.3f} s, cost model)")
         return out
 
     # -- frames ----------------------------------------------------------------------------
@@ -153,6 +162,7 @@ class TuneResult:
             return {"plan": name, "source": source,
                     "in_space": "" if in_space is None else ("yes" if in_space else "no"),
                     "fits": "yes" if fits else "no", "latency_s": latency,
+                    "latency": _kind(ev) if ev is not None and ev.fits else "",
                     "peak_device_gib": (ev.peak_device_bytes / GiB if ev is not None and ev.fits
                                         else float("nan")),
                     "speedup": latency / best if fits else float("nan")}
@@ -166,6 +176,7 @@ class TuneResult:
         rows.append(resident)
         rows.append({"plan": "lower bound", "source": "max(compute, must-move / H2D)",
                      "in_space": "", "fits": "", "latency_s": self.lower_bound_s,
+                     "latency": "cost model",
                      "peak_device_gib": float("nan"), "speedup": self.lower_bound_s / best})
         return pd.DataFrame(rows)
 
@@ -184,7 +195,7 @@ class TuneResult:
             "sweep": self.sweep, "sampler": self.sampler, "seed": self.seed,
             "result": self.result_note, "best_trial": self.best_trial,
             "trials_run": self.trials_run, "trials_total": self.trials_total,
-            "trials_feasible": self.trials_feasible,
+            "trials_feasible": self.trials_feasible, "min_budget_bytes": self.min_budget_bytes,
             "best": _evaluation_dict(self.best),
             "all_resident_full_card": _evaluation_dict(self.all_resident),
             "lower_bound_s": self.lower_bound_s,
@@ -196,6 +207,10 @@ class TuneResult:
             "pareto": [_evaluation_dict(e) for e in self.pareto],
             "validation": [dataclasses.asdict(v) for v in self.validation],
         }
+
+
+def _kind(e: Evaluation) -> str:
+    return "measured" if e.measured else "simulated"
 
 
 def _evaluation_dict(e: Evaluation) -> dict[str, Any]:

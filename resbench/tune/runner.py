@@ -11,8 +11,9 @@ re-measure the top plans on the GPU. It returns a `TuneResult` (`resbench.tune.r
 from __future__ import annotations
 
 import dataclasses
-import math
+import time
 import tomllib
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,20 @@ from typing import Any, Literal
 
 import optuna
 
+from resbench.analysis.budget import min_budget_bytes
 from resbench.errors import DoesNotFitError, InputError
-from resbench.hardware import HardwareProfile
+from resbench.execution import Backend, cuda_unavailable, make_backend
+from resbench.hardware import HardwareProfile, profile_dict
 from resbench.models.base import ModelSpec
 from resbench.models.registry import get_model
 from resbench.pipeline import Request
-from resbench.profile import PRESET_DIRS, resolve_hardware
+from resbench.profile import resolve_hardware
 from resbench.record import record_schedule
-from resbench.residency.plan import Plan, load_plan, plan_from_dict
+from resbench.residency.plan import Plan, plan_from_dict
+from resbench.resources import load_presets, sweep_path
 from resbench.schedule import Schedule
+from resbench.tune.constraints import check_constraints, study_constraints
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator, Objective
-from resbench.tune.real import find_measure, real_runner, require_measure
 from resbench.tune.result import Baseline, TuneResult, Validation
 from resbench.tune.space import NotRepresentable, SearchSpace
 from resbench.tune.study import (
@@ -44,7 +48,7 @@ from resbench.tune.study import (
     redact_url,
     study_name,
 )
-from resbench.tune.sweep import default_sweep_path, load_sweep
+from resbench.tune.sweep import load_sweep
 from resbench.units import describe_bytes, format_bytes
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -67,10 +71,10 @@ class TuneOptions:
     scale: float = 1.0
     """Model scale (tests use small ones)."""
     sweep: Path | None = None
-    """Sweep TOML; None: sweeps/<family>.toml, else sweeps/default.toml."""
+    """Sweep TOML; None: the shipped sweeps/<family>.toml, else sweeps/default.toml."""
     presets_dir: Path | None = None
-    """Plans to compare against and to queue as the first trials; None: strategies/presets
-    under the working directory, else the presets shipped with resbench."""
+    """Plans to compare against and to queue as the first trials; None: the shipped presets
+    (`strategies/presets`, see `resbench.resources`)."""
     n_trials: int | None = 200
     """Trials this run adds to the study (None: until `timeout_s`)."""
     timeout_s: float | None = None
@@ -123,15 +127,17 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     sampler_name = options.sampler or ("nsga2" if pareto else "tpe")
     if sampler_name not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler_name!r}; valid: {', '.join(SAMPLERS)}")
-    sweep_path = options.sweep or default_sweep_path(spec.family)
-    sweep = load_sweep(sweep_path)
-    measure = require_measure() if options.device == "cuda" else None
+    sweep_file = options.sweep or sweep_path(spec.family)
+    sweep = load_sweep(sweep_file)
     if options.device not in ("sim", "cuda"):
         raise InputError(f"device must be sim or cuda, got {options.device!r}")
+    if options.device == "cuda" and (why := cuda_unavailable()):
+        raise InputError(f"--device cuda cannot run: {why}; use --device sim")
 
     name = options.study_name or study_name(
         spec.name, profile.name, budget, request, scale=options.scale, pareto=pareto,
-        sweep=None if options.sweep is None else Path(options.sweep).stem)
+        sweep=None if options.sweep is None else Path(options.sweep).stem,
+        host_budget_bytes=options.host_budget_bytes, measured=options.device == "cuda")
     secret_url = options.storage or default_storage(name)
     storage = open_storage(secret_url)
     storage_url = redact_url(secret_url)  # what is printed and saved: never the password
@@ -145,20 +151,24 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     study = open_study(name, storage, n_objectives=n_objectives,
                        sampler=make_sampler(sampler_name, seed=seed, n_objectives=n_objectives))
     log(f"study {name} in {storage_url} ({existing} trials so far)")
+    constraints = study_constraints(spec.name, request, profile, budget, host_budget,
+                                    options.scale, sweep_file, options.device)
+    check_constraints(study, constraints)
     if "model" not in study.user_attrs:  # what the study searches for, for reports
         for key, value in {"model": spec.name, "request": dataclasses.asdict(request),
-                           "hardware": profile.name, "budget_bytes": budget, "scale": options.scale,
-                           "host_budget_bytes": host_budget, "sweep": str(sweep_path)}.items():
+                           "hardware": profile.name, "hardware_profile": profile_dict(profile),
+                           "budget_bytes": budget, "scale": options.scale,
+                           "host_budget_bytes": host_budget, "sweep": str(sweep_file)}.items():
             study.set_user_attr(key, value)
 
     if schedule is None:
         log(f"recording the schedule of {spec.name} at {_request_text(request)}")
         schedule = record_schedule(spec, request, scale=options.scale)
     space = sweep.bind(schedule)
-    runner = None if measure is None else real_runner(
-        measure, model=spec, request=request, schedule=schedule, scale=options.scale)
+    gpu = (make_backend("cuda", spec, request, profile=profile, scale=options.scale,
+                        schedule=schedule) if options.device == "cuda" else None)
     evaluator = Evaluator(schedule, profile, budget_bytes=budget, host_budget_bytes=host_budget,
-                          runner=runner)
+                          backend=gpu)
     baselines = _baselines(options.presets_dir, space, evaluator, spec)
     for b in baselines:
         if b.params is not None and b.evaluation is not None and b.evaluation.feasible(host_budget):
@@ -182,19 +192,26 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
         finished = sum(t.state.is_finished() for t in study.trials)
         raise TuneInterrupted(name, storage_url, finished) from None
 
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = _settled_trials(study, ran, log)
     feasible = [t for t in trials if _feasible(t)]
     if not feasible:
         raise _no_feasible(trials, space, evaluator, baselines, name)
     ranked = sorted(feasible, key=lambda t: t.values[0])
-    best_trial = ranked[0]
     capacity = evaluator.sim_capacity(budget)
+    best_trial = _first_that_still_fits(ranked, evaluator, capacity, log)
+    if best_trial is None:
+        raise _no_feasible([], space, evaluator, baselines, name)
     best = _evaluation(best_trial, capacity)
     validation: tuple[Validation, ...] = ()
     note = "simulated" if options.device == "sim" else "measured on the GPU"
-    if options.validate:
-        best, validation, note = _validate(ranked, options, spec, request, schedule, budget,
-                                           capacity, best, log)
+    if options.validate and options.device == "sim":
+        best, validation, note, baselines, all_resident = _validate(
+            ranked, options, spec, request, profile, schedule, budget, capacity, best,
+            baselines, all_resident, log)
+    elif options.validate:
+        note = "measured on the GPU (--validate not needed)"
+    if gpu is not None:
+        gpu.close()
     front = tuple(_evaluation(t, capacity) for t in sorted(study.best_trials, key=lambda t: t.values[0])
                   ) if pareto else ()
     return TuneResult(
@@ -205,7 +222,54 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
         trials_total=len(trials), trials_feasible=len(feasible), baselines=tuple(baselines),
         all_resident=all_resident, lower_bound_s=evaluator.lower_bound_s(),
         component_kinds=space.component_kinds, pareto=front, validation=validation,
-        result_note=note)
+        result_note=note, min_budget_bytes=min_budget_bytes(schedule, profile))
+
+
+def _settled_trials(study: optuna.Study, ran: list[int], log: Callable[[str], None], *,
+                    poll_s: float = 0.5) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials once no trial of another worker is still running.
+
+    Several workers share a study: one that finishes its trials first must not declare
+    "no plan fits" (or pick a best) while another worker's trial — perhaps the only
+    feasible one — is still running. Trials that stay RUNNING because their worker died
+    are failed by the storage's heartbeat where it has one (`fail_stale_trials`)."""
+    running = optuna.trial.TrialState.RUNNING
+    told = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        others = [t for t in study.get_trials(deepcopy=False, states=(running,))
+                  if t.number not in ran]
+        if not others:
+            return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not told:
+            log(f"waiting for {len(others)} trial(s) other workers are running")
+            told = True
+        time.sleep(poll_s)
+
+
+def _first_that_still_fits(ranked: list[optuna.trial.FrozenTrial], evaluator: Evaluator,
+                           capacity: int, log: Callable[[str], None]
+                           ) -> optuna.trial.FrozenTrial | None:
+    """The best trial whose plan fits this run's budgets when scored again now.
+
+    A trial's constraints were judged under the budgets of the run that made it; the
+    study's recorded constraints keep them equal (`check_constraints`), and this re-check
+    is the last guard before a plan is written: a plan that does not fit is never the
+    answer. Measured trials are re-checked on their stored figures (a new GPU run would
+    take as long as the trial)."""
+    for t in ranked:
+        ev = _evaluation(t, capacity)
+        if ev.measured:
+            if ev.feasible(evaluator.host_budget_bytes):
+                return t
+            continue
+        again = evaluator.evaluate(ev.plan)
+        if again.feasible(evaluator.host_budget_bytes):
+            return t
+        log(f"trial {t.number} no longer fits this run's budgets; skipping it")
+    return None
 
 
 def _check_budget(budget: int, profile: HardwareProfile, log: Callable[[str], None]) -> int:
@@ -237,21 +301,11 @@ def _request_text(r: Request) -> str:
             f"{'on (' + r.cfg_mode + ')' if r.cfg else 'off'}")
 
 
-def load_presets(folder: Path | None) -> list[Plan]:
-    """Every plan TOML in `folder` (sorted by file name); none if the folder is missing.
-    None: the first of `resbench.profile.PRESET_DIRS` that exists."""
-    if folder is None:
-        folder = next((d for d in PRESET_DIRS if d.is_dir()), None)
-    if folder is None or not Path(folder).is_dir():
-        return []
-    return [load_plan(p) for p in sorted(Path(folder).glob("*.toml"))]
-
-
 def _baselines(folder: Path | None, space: SearchSpace, evaluator: Evaluator,
                spec: ModelSpec) -> list[Baseline]:
     kinds: dict[str, str] = {c.name: c.kind for c in spec.components}
     out = []
-    for plan in load_presets(folder):
+    for plan in load_presets(folder).values():
         try:
             plan.check_components(kinds, source=plan.name)
         except InputError as exc:
@@ -287,76 +341,89 @@ def _evaluation(t: optuna.trial.FrozenTrial, capacity_bytes: int) -> Evaluation:
 
 def _no_feasible(trials: list[optuna.trial.FrozenTrial], space: SearchSpace,
                  evaluator: Evaluator, baselines: list[Baseline], name: str) -> NoFeasiblePlanError:
-    """The error for a study without a feasible trial, with the smallest budget estimated
-    from the trials, the presets and the space's most memory-frugal plan."""
-    frag = evaluator.profile.fragmentation_fraction
-    needs: list[int] = []
-    host_bound = False
-    for t in trials:
-        a = t.user_attrs
-        if "missing_bytes" in a:
-            if a.get("needed_budget_bytes"):
-                needs.append(a["needed_budget_bytes"])
-            continue
-        over = t.constraints.get("peak_device", 0)
-        if over <= 0:
-            host_bound = True  # fits the device; pins more than the host budget
-            continue
-        # over = peak + margin - capacity: the budget needed is (peak + margin) / (1 - frag)
-        needs.append(math.ceil((over + evaluator.sim_capacity(evaluator.budget_bytes)) / (1 - frag)))
-    needs += [b.evaluation.needed_budget_bytes for b in baselines
-              if b.evaluation is not None and b.evaluation.needed_budget_bytes]
-    frugal = evaluator.needed_budget(space.frugal_plan())
-    if frugal:
-        needs.append(frugal)
-    smallest = min(needs) if needs else None
-    msg = (f"no plan fits {format_bytes(evaluator.budget_bytes)} on {evaluator.profile.name} "
-           f"({len(trials)} trials in study {name})")
-    if host_bound:
+    """The error for a study without a feasible trial. It quotes the smallest budget any
+    plan fits in (`analysis.budget.min_budget_bytes`, the figure `profile` quotes too) and,
+    when the sweep cannot reach it, what the sweep's most frugal plan needs."""
+    budget = evaluator.budget_bytes
+    smallest = min_budget_bytes(evaluator.schedule, evaluator.profile,
+                                call_times_s=evaluator.call_times_s)
+    space_floor = evaluator.needed_budget(space.frugal_plan())
+    host_bound = any(t.constraints.get("peak_device", 1) <= 0 for t in trials)
+    msg = (f"no plan fits {format_bytes(budget)} on {evaluator.profile.name} "
+           f"({len(trials)} complete trials in study {name})")
+    if smallest > budget:
+        msg += f"; the smallest budget any plan fits in is {format_bytes(smallest)}"
+    elif space_floor is not None and space_floor > budget:
+        msg += (f"; plans exist that fit (from {format_bytes(smallest)}), but this sweep's most "
+                f"frugal plan needs {format_bytes(space_floor)}: widen the sweep (--sweep)")
+    elif host_bound:
         msg += (f"; some fit the device but pin more than the host budget of "
                 f"{format_bytes(evaluator.host_budget_bytes)} (raise --host-budget)")
-    if smallest is not None and smallest > evaluator.budget_bytes:
-        msg += f"; the smallest budget estimated to fit is {format_bytes(smallest)}"
-    elif not host_bound:
+    else:
         msg += "; run more trials (--n-trials)"
-    return NoFeasiblePlanError(msg, missing_bytes=max(0, (smallest or 0) - evaluator.budget_bytes),
+    return NoFeasiblePlanError(msg, missing_bytes=max(0, smallest - budget),
                                min_budget_bytes=smallest)
 
 
 def _validate(ranked: list[optuna.trial.FrozenTrial], options: TuneOptions, spec: ModelSpec,
-              request: Request, schedule: Schedule, budget: int, capacity: int,
-              best: Evaluation, log: Callable[[str], None]) -> tuple[Evaluation, tuple[Validation, ...], str]:
-    if options.device == "cuda":
-        return best, (), "measured on the GPU (--validate not needed)"
-    module, why = find_measure()
-    if module is None:
+              request: Request, profile: HardwareProfile, schedule: Schedule, budget: int,
+              capacity: int, best: Evaluation, baselines: list[Baseline],
+              all_resident: Evaluation, log: Callable[[str], None],
+              ) -> tuple[Evaluation, tuple[Validation, ...], str, list[Baseline], Evaluation]:
+    """Re-run the best `options.validate` simulated plans on the GPU — and, in the same
+    process on the same card, every preset that fits and all-resident on the whole card,
+    so the tuned plan is compared with measured figures only."""
+    why = cuda_unavailable()
+    if why:
         log(f"--validate {options.validate}: {why}; the result is simulated")
-        return best, (), f"simulated ({why}: not validated)"
-    run = real_runner(module, model=spec, request=request, schedule=schedule, scale=options.scale)
-    seen: set[str] = set()
-    rows: list[Validation] = []
-    best_real: Evaluation | None = None
-    for t in ranked:
-        if len(rows) >= options.validate:
-            break
-        if t.user_attrs["plan_id"] in seen:
-            continue
-        seen.add(t.user_attrs["plan_id"])
-        sim = _evaluation(t, capacity)
-        log(f"validating trial {t.number} on the GPU")
-        try:
-            r = run(sim.plan, budget)
-            real = dataclasses.replace(sim, latency_s=r.latency_s, stall_s=r.stall_s,
-                                       peak_device_bytes=r.peak_device_bytes,
-                                       pinned_host_bytes=r.pinned_host_bytes,
-                                       h2d_bytes=r.h2d_bytes, d2h_bytes=r.d2h_bytes,
-                                       measured=True)
-        except DoesNotFitError as exc:
-            rows.append(Validation(t.number, sim.latency_s, None, str(exc)))
-            continue
-        rows.append(Validation(t.number, sim.latency_s, real.latency_s, ""))
-        if best_real is None or real.latency_s < best_real.latency_s:
-            best_real = real
+        return best, (), f"simulated ({why}: not validated)", baselines, all_resident
+    gpu = make_backend("cuda", spec, request, profile=profile, scale=options.scale,
+                       schedule=schedule)
+    try:
+        seen: set[str] = set()
+        rows: list[Validation] = []
+        best_real: Evaluation | None = None
+        for t in ranked:
+            if len(rows) >= options.validate:
+                break
+            if t.user_attrs["plan_id"] in seen:
+                continue
+            seen.add(t.user_attrs["plan_id"])
+            sim = _evaluation(t, capacity)
+            log(f"validating trial {t.number} on the GPU")
+            real = _measure(gpu, sim, budget)
+            rows.append(Validation(t.number, sim.latency_s,
+                                   real.latency_s if real.fits else None,
+                                   "" if real.fits else f"out of memory ({real.missing_bytes} B short)"))
+            if real.fits and (best_real is None or real.latency_s < best_real.latency_s):
+                best_real = real
+        measured: list[Baseline] = []
+        for b in baselines:
+            if b.evaluation is not None and b.evaluation.fits:
+                log(f"measuring preset {b.name} on the GPU")
+                b = dataclasses.replace(b, evaluation=_measure(gpu, b.evaluation, budget))
+            measured.append(b)
+        if all_resident.fits:
+            log("measuring all-resident on the whole card")
+            all_resident = _measure(gpu, all_resident, None)
+    finally:
+        gpu.close()
     if best_real is None:
-        return best, tuple(rows), "simulated (no validated plan ran on the GPU)"
-    return best_real, tuple(rows), f"measured on the GPU (best of {len(rows)} validated)"
+        return (best, tuple(rows), "simulated (no validated plan ran on the GPU)", measured,
+                all_resident)
+    return (best_real, tuple(rows), f"measured on the GPU (best of {len(rows)} validated)",
+            measured, all_resident)
+
+
+def _measure(gpu: Backend, ev: Evaluation, budget: int | None) -> Evaluation:
+    """`ev`'s plan measured on the GPU under `budget` (None: the whole card); an allocator
+    out-of-memory is a plan that does not fit, recorded as such."""
+    try:
+        r = gpu.run(ev.plan, budget)
+    except DoesNotFitError as exc:
+        return dataclasses.replace(ev, fits=False, latency_s=INFEASIBLE_LATENCY_S,
+                                   missing_bytes=max(1, exc.missing_bytes or 0), measured=True)
+    return dataclasses.replace(ev, latency_s=r.latency_s, stall_s=r.stall_s,
+                               peak_device_bytes=r.peak_device_bytes,
+                               pinned_host_bytes=r.pinned_host_bytes, h2d_bytes=r.h2d_bytes,
+                               d2h_bytes=r.d2h_bytes, measured=True)

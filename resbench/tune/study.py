@@ -55,8 +55,16 @@ def request_label(request: Request) -> str:
 
 
 def study_name(model: str, hardware: str, budget_bytes: int, request: Request, *,
-               scale: float = 1.0, pareto: bool = False, sweep: str | None = None) -> str:
+               scale: float = 1.0, pareto: bool = False, sweep: str | None = None,
+               host_budget_bytes: int | None = None, measured: bool = False) -> str:
+    """The default study name: every constraint a user sets on the command line is in it
+    (the host budget when given, `cuda` for measured trials), so changing one starts a new
+    study instead of meeting the stored-constraints check."""
     parts = [model, hardware, budget_label(budget_bytes), request_label(request)]
+    if host_budget_bytes is not None:
+        parts.append(f"host{budget_label(host_budget_bytes)}")
+    if measured:
+        parts.append("cuda")
     if scale != 1.0:
         parts.append(f"scale{scale:g}")
     if sweep:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resbench.drivers.replay import SimResult, simulate
+from resbench.drivers.replay import simulate
+from resbench.execution import RunResult
 from resbench.hardware import get_profile
 from resbench.models.base import UnitInfo
 from resbench.residency import LayerwiseConfig, OffloadConfig, Plan
@@ -62,7 +63,7 @@ def synthetic_plan() -> Plan:
     ))
 
 
-def simulate_synthetic(plan: Plan | None = None, steps: int = 3) -> tuple[Schedule, SimResult, Tracer]:
+def simulate_synthetic(plan: Plan | None = None, steps: int = 3) -> tuple[Schedule, RunResult, Tracer]:
     schedule = synthetic_schedule(steps)
     tracer = Tracer()
     result = simulate(schedule, plan or synthetic_plan(), get_profile("h100-80g"),

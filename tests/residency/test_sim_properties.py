@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from resbench.cost import CostModel
-from resbench.drivers.replay import ReplayDriver
+from resbench.drivers.replay import sim_device
 from resbench.errors import DoesNotFitError
+from resbench.execution import Execution
 from resbench.hardware import HardwareProfile, get_profile
 from resbench.residency import (
     DisabledConfig,
@@ -118,8 +119,8 @@ def test_random_plans_keep_the_simulator_invariants(data: st.DataObject, which: 
     weights = sum(u.weight_bytes for u in schedule.units)
     capacity = int(fraction * (weights + max(c.activation_bytes for c in schedule.calls)))
     times = call_times(schedule, profile)
-    driver = ReplayDriver(schedule, plan, profile, capacity_bytes=capacity, tracer=Tracer(),
-                          call_times_s=times)
+    driver = Execution(schedule, plan, sim_device(schedule, profile, capacity_bytes=capacity,
+                                                  call_times_s=times), tracer=Tracer())
     try:
         result = driver.run()
     except DoesNotFitError as err:  # the only way a plan may fail
@@ -186,8 +187,9 @@ def test_simulator_and_cpu_device_emit_the_same_events(name: str) -> None:
     _, cpu_manager, _ = managed_run(WAN, plan)
     schedule = tiny_schedule(WAN)
     profile = ideal_profile()  # no rounding or fragmentation: the CPU ledger's bytes
-    sim = ReplayDriver(schedule, plan, profile, tracer=Tracer(),
-                       call_times_s=CostModel(profile).call_times(schedule.calls))
+    sim = Execution(schedule, plan, sim_device(
+        schedule, profile, call_times_s=CostModel(profile).call_times(schedule.calls)),
+        tracer=Tracer())
     sim.run()
 
     def counts(ev: pd.DataFrame) -> dict[tuple[str, str], int]:

@@ -6,14 +6,14 @@ import dataclasses
 
 import optuna
 import pytest
-from tune_setup import BUDGET, REPO
+from tune_setup import BUDGET
 
 from resbench.hardware import HardwareProfile
 from resbench.residency.plan import Plan
 from resbench.residency.strategies import LayerwiseConfig, OffloadConfig
+from resbench.resources import load_presets
 from resbench.schedule import Schedule
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluator, Objective
-from resbench.tune.runner import load_presets
 from resbench.tune.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,7 +105,7 @@ def test_no_plan_beats_the_lower_bound(space: SearchSpace, schedule: Schedule,
     e = evaluator(schedule, profile)
     bound = e.lower_bound_s()
     assert bound >= sum(e.call_times_s) > 0
-    plans = [*load_presets(REPO / "strategies" / "presets"), STREAMED,
+    plans = [*load_presets().values(), STREAMED,
              Plan(components=(("default", OffloadConfig()),))]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(40):

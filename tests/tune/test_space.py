@@ -6,12 +6,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from tune_setup import REPO
 
 from resbench.residency.plan import HostOptions, Plan
 from resbench.residency.strategies import LayerwiseConfig, OffloadConfig, ResidentConfig
+from resbench.resources import load_presets
 from resbench.schedule import Schedule
-from resbench.tune.runner import load_presets
 from resbench.tune.space import NotRepresentable, SearchSpace
 from resbench.tune.sweep import load_sweep
 
@@ -51,7 +50,7 @@ def test_parameters_are_named_by_plan_path_and_conditional(space: SearchSpace) -
 
 
 def test_presets_map_to_parameters_that_rebuild_them(space: SearchSpace) -> None:
-    presets = load_presets(REPO / "strategies" / "presets")
+    presets = list(load_presets().values())
     mapped = 0
     for preset in presets:
         try:

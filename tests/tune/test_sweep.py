@@ -9,8 +9,9 @@ import pytest
 from tune_setup import REPO, WAN_SWEEP
 
 from resbench.errors import InputError
+from resbench.resources import shipped_dir, sweep_path
 from resbench.schedule import Schedule
-from resbench.tune.sweep import default_sweep_path, load_sweep
+from resbench.tune.sweep import load_sweep
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -21,13 +22,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_sweeps_load_and_the_family_picks_the_file(tmp_path: Path) -> None:
+def test_shipped_sweeps_load_and_the_family_picks_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for path in (REPO / "sweeps").glob("*.toml"):
         load_sweep(path)
-    assert default_sweep_path("wan", roots=(REPO,)) == REPO / "sweeps" / "wan.toml"
-    assert default_sweep_path("flux", roots=(REPO,)) == REPO / "sweeps" / "default.toml"
+    assert shipped_dir("sweeps") == REPO / "sweeps"  # a checkout reads them where they are
+    assert sweep_path("wan") == REPO / "sweeps" / "wan.toml"
+    assert sweep_path("flux") == REPO / "sweeps" / "default.toml"
+    monkeypatch.setattr("resbench.resources.shipped_dir", lambda kind: tmp_path)
     with pytest.raises(InputError, match="--sweep"):
-        default_sweep_path("flux", roots=(tmp_path,))
+        sweep_path("flux")
 
 
 def test_a_knob_the_strategy_lacks_is_an_error_naming_path_and_valid_knobs(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,15 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from tune_setup import TINY_SWEEP, make_options
 
+from resbench.analysis.budget import frugal_plan, min_budget_bytes
 from resbench.errors import DoesNotFitError
+from resbench.execution import RunResult, SimBackend
 from resbench.hardware import HardwareProfile
 from resbench.residency.plan import HostOptions, Plan
 from resbench.residency.strategies import LayerwiseConfig, OffloadConfig, ResidentConfig
 from resbench.schedule import Schedule
 from resbench.tune import NoFeasiblePlanError, TuneInterrupted, tune
-from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluator
+from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator
 from resbench.tune.space import SearchSpace
 from resbench.tune.sweep import load_sweep
 
@@ -86,13 +89,15 @@ def test_no_feasible_plan_says_the_smallest_budget(tmp_path: Path, schedule: Sch
     exc = err.value
     assert isinstance(exc, DoesNotFitError) and exc.exit_code == 3
     assert exc.min_budget_bytes is not None and exc.min_budget_bytes > 20_000_000
-    assert "smallest budget estimated to fit" in str(exc)
-    # the frugal plan of the space fits in the estimate
-    e = Evaluator(schedule, profile, budget_bytes=exc.min_budget_bytes,
-                  host_budget_bytes=profile.host_ram_bytes)
-    assert exc.min_budget_bytes <= e.needed_budget(space.frugal_plan())
-    assert e.evaluate(space.frugal_plan()).fits or exc.min_budget_bytes < e.needed_budget(
-        space.frugal_plan())
+    assert "the smallest budget any plan fits in is" in str(exc)
+    # one figure, the one `profile` quotes too: the frugal plan fits exactly there
+    assert exc.min_budget_bytes == min_budget_bytes(schedule, profile)
+    at = Evaluator(schedule, profile, budget_bytes=exc.min_budget_bytes,
+                   host_budget_bytes=profile.host_ram_bytes)
+    below = Evaluator(schedule, profile, budget_bytes=int(exc.min_budget_bytes * 0.99),
+                      host_budget_bytes=profile.host_ram_bytes)
+    assert at.evaluate(frugal_plan()).fits
+    assert not below.evaluate(frugal_plan()).fits
 
 
 def write_presets(folder: Path) -> dict[str, Plan]:
@@ -176,42 +181,72 @@ def test_validate_without_a_gpu_says_the_result_is_simulated(tmp_path: Path,
     assert any("the result is simulated" in line for line in lines)
 
 
-class FakeMeasure:
-    """Stands in for resbench.measure: 'real' latency = simulated + 1 s per GiB moved."""
+class FakeGpu(SimBackend):
+    """Stands in for the CUDA backend: 'real' latency = simulated + 1 s per GiB moved."""
 
-    def __init__(self, schedule: Schedule, profile: HardwareProfile) -> None:
-        self.evaluator = Evaluator(schedule, profile, budget_bytes=10**12,
-                                   host_budget_bytes=10**12)
-        self.calls = 0
+    kind = "cuda"
+    measured = True
+    runs: list[str] = []
 
-    def prepare_weights(self, spec: Any, *, scale: float) -> str:
-        return "weights"
+    def run_once(self, plan: Plan, budget_bytes: int | None, *, trace: bool,
+                 keep_output: bool) -> RunResult:
+        FakeGpu.runs.append(plan.name)
+        r = super().run_once(plan, budget_bytes, trace=trace, keep_output=keep_output)
+        return dataclasses.replace(r, latency_s=r.latency_s + r.h2d_bytes / 2**30,
+                                   device_kind="cuda", measured=True)
 
-    def measure_real(self, spec: Any, request: Any, plan: Plan, **kw: Any) -> dict[str, Any]:
-        self.calls += 1
-        r = self.evaluator.run(plan, kw["budget_bytes"])
-        return {"latency_s": r.latency_s + r.h2d_bytes / 2**30, "stall_s": r.stall_s,
-                "h2d_bytes": r.h2d_bytes, "d2h_bytes": r.d2h_bytes,
-                "peak_device_bytes": r.peak_device_bytes, "pinned_host_bytes": r.pinned_host_bytes}
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> type[FakeGpu]:
+    FakeGpu.runs = []
+    monkeypatch.setattr("resbench.tune.runner.cuda_unavailable", lambda: None)
+    monkeypatch.setattr("resbench.tune.runner.make_backend",
+                        lambda device, spec, request, **kw: FakeGpu(spec, request, **kw))
+    return FakeGpu
 
 
 def test_validate_reruns_the_top_plans_and_the_real_best_wins(
-        tmp_path: Path, schedule: Schedule, profile: HardwareProfile,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeMeasure(schedule, profile)
-    monkeypatch.setattr("resbench.tune.runner.find_measure", lambda: (fake, ""))
-    result = tune(make_options(tmp_path, n_trials=15, validate=3), schedule=schedule)
-    assert fake.calls == len(result.validation) == 3
+        tmp_path: Path, schedule: Schedule, fake_gpu: type[FakeGpu]) -> None:
+    presets = write_presets(tmp_path / "presets")
+    result = tune(make_options(tmp_path, n_trials=15, validate=3,
+                               presets_dir=tmp_path / "presets"), schedule=schedule)
+    assert len(result.validation) == 3
     real = [v.real_latency_s for v in result.validation if v.real_latency_s is not None]
     assert result.best.measured and result.best.latency_s == min(real)
     assert result.result_note.startswith("measured on the GPU")
+    # every preset that fits, and all-resident, was measured in the same process
+    fitting = [b for b in result.baselines if b.evaluation is not None and b.evaluation.fits]
+    assert fitting and all(b.evaluation.measured for b in fitting)
+    assert result.all_resident.measured
+    assert {b.name for b in fitting} <= set(fake_gpu.runs) and set(presets) & set(fake_gpu.runs)
 
 
-def test_the_gpu_hook_accepts_the_tuners_call() -> None:
-    measure = pytest.importorskip("resbench.measure")
-    import inspect
+def test_a_measured_tuned_plan_is_never_compared_with_simulated_figures(
+        tmp_path: Path, schedule: Schedule, fake_gpu: type[FakeGpu]) -> None:
+    """Regression: after --validate the header compared the measured tuned latency with the
+    presets' simulated ones ("0.98x vs preset ... (6.275 s)")."""
+    write_presets(tmp_path / "presets")
+    result = tune(make_options(tmp_path, n_trials=6, validate=2,
+                               presets_dir=tmp_path / "presets"), schedule=schedule)
+    header = [line for line in result.plan_toml().splitlines() if line.startswith("#")]
+    ratios = [line for line in header if "x vs " in line]
+    assert ratios and all("measured" in line and "simulated" not in line for line in ratios)
+    frame = result.comparison_frame()
+    fits = frame[frame.fits == "yes"]
+    assert set(fits.latency) == {"measured"}
+    # with a simulated preset beside a measured best, no ratio is printed for it
+    sim_preset = dataclasses.replace(result.baselines[0].evaluation, measured=False)
+    mixed = dataclasses.replace(result, baselines=(dataclasses.replace(
+        result.baselines[0], evaluation=sim_preset),))
+    line = next(x for x in mixed.plan_toml().splitlines() if result.baselines[0].name in x
+                and x.startswith("# "))
+    assert "x vs" not in line and "simulated" in line and "not compared" in line
 
-    inspect.signature(measure.measure_real).bind(
-        "spec", "request", "plan", budget_bytes=1, scale=1.0, weights=None, schedule=None,
-        trace=False)
-    inspect.signature(measure.prepare_weights).bind("spec", scale=1.0)
+
+def test_measured_trials_without_a_stall_figure_store_none_not_zero() -> None:
+    """Regression: GPU tuning recorded stall_s = 0 when the run had no trace."""
+    ev = Evaluation(plan=Plan(), fits=True, latency_s=1.0, peak_device_bytes=1,
+                    pinned_host_bytes=0, stall_s=None, measured=True)
+    assert "stall_s" not in ev.user_attrs()
+    assert Evaluation(plan=Plan(), fits=True, latency_s=1.0, peak_device_bytes=1,
+                      pinned_host_bytes=0, stall_s=0.25).user_attrs()["stall_s"] == 0.25

@@ -126,7 +126,7 @@ def test_no_plan_fits_exits_3_with_the_smallest_budget(capsys: pytest.CaptureFix
     assert code == 3 and out == ""
     line = error_line(err)
     assert "no plan fits 20.00 MB on h100-80g" in line
-    assert "smallest budget estimated to fit is" in line
+    assert "the smallest budget any plan fits in is" in line
 
 
 def test_ctrl_c_exits_130_and_keeps_the_finished_trials(capsys: pytest.CaptureFixture[str],
