@@ -41,7 +41,14 @@ from torch import nn
 from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.devices.cpu import _rebind
 from resbench.errors import DeviceOOMError
-from resbench.models.base import REST, ComponentSpec, _seed_for, build_component, unit_slots
+from resbench.models.base import (
+    REST,
+    ComponentSpec,
+    build_component,
+    component_of,
+    tensor_seed,
+    unit_slots,
+)
 from resbench.schedule import UnitCall
 from resbench.units import format_bytes
 
@@ -178,16 +185,19 @@ class Weights:
 
 
 @torch.no_grad()
-def fill_random(module: nn.Module, *, seed: int = 0) -> nn.Module:
+def fill_random(module: nn.Module, *, seed: int = 0, component: str | None = None) -> nn.Module:
     """Seeded random values drawn where the module lives (fast on the GPU).
 
     Same rules as `models.base.materialize` (N(0, 1/fan_in) matrices, ones for norm scales,
-    small noise otherwise, buffers zero or `_init_buffers`), drawn from a generator on the
-    module's device: values differ from a CPU `materialize`, and are the same for every run
-    with the same seed on the same card.
+    small noise otherwise, buffers zero or `_init_buffers`) and the same per-tensor seeds,
+    (seed, component name, qualified name), with `component` defaulting to the name
+    `build_component` recorded. The generator lives on the module's device: values differ
+    from a CPU `materialize`, and are the same for every run with the same seed on the same
+    card.
     """
+    component = component_of(module, component)
     for qualname, p in module.named_parameters():
-        gen = torch.Generator(device=p.device).manual_seed(_seed_for(seed, qualname))
+        gen = torch.Generator(device=p.device).manual_seed(tensor_seed(seed, component, qualname))
         if p.dim() >= 2:
             p.normal_(0.0, p[0].numel() ** -0.5, generator=gen)
         elif qualname.endswith("weight") and ("norm" in qualname or qualname.endswith("g")):
@@ -219,14 +229,17 @@ def _signature(module: nn.Module) -> tuple[Any, ...]:
 
 
 def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, seed: int = 0,
-                  device: torch.device | str = "cuda", share_identical: bool = True,
+                  device: torch.device | str = "cuda", share_identical: bool = False,
                   pin: bool = True) -> Weights:
     """Build each component on meta, fill it on the GPU, copy its units to host, free the GPU.
 
-    One component at a time, so the card only ever holds the largest one. With
-    `share_identical`, a component with the same class and tensor shapes as one already built
-    (Wan2.2's two 14B experts) shares its host copies: same bytes moved, half the host memory
-    and pinning time, identical weights in both experts.
+    One component at a time, so the card only ever holds the largest one. Every component
+    gets its own weights (`fill_random`, seeded by component name), so Wan2.2's two experts
+    differ and an output check can tell which one ran. `share_identical` is for timing runs
+    short of host memory: a component with the same class and tensor shapes as one already
+    built shares its host copies (same bytes moved, half the host memory and pinning time),
+    so both experts hold the first one's weights and a wrong-expert bug no longer shows in
+    the output; `Weights.shared` records which components alias which.
     """
     device = torch.device(device)
     host = HostWeights()
@@ -239,7 +252,7 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
         source = built.get(sig) if share_identical else None
         module.to_empty(device=device)
         if source is None:
-            fill_random(module, seed=seed)
+            fill_random(module, seed=seed, component=spec.name)
             for unit, slots in unit_slots(module).items():
                 host.capture((spec.name, unit), [getattr(m, n) for m, n in slots], pin=pin)
             if device.type == "cuda":

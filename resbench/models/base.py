@@ -15,7 +15,7 @@ Entry points by component kind (the pipeline calls exactly these):
 * ``vae``: ``encode(x) -> Tensor`` and ``decode(z) -> Tensor``.
 
 Building never allocates: specs build on the ``meta`` device and `materialize` gives the
-weights storage (random, seeded, deterministic per parameter name) on CPU or GPU.
+weights storage (random, seeded, deterministic per component and parameter name) on CPU or GPU.
 """
 
 from __future__ import annotations
@@ -125,23 +125,50 @@ def _seed_for(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+#: Attribute `build_component` sets on the module it builds: the component's name.
+COMPONENT_ATTR = "resbench_component"
+
+
+def tensor_seed(seed: int, component: str | None, qualname: str) -> int:
+    """Generator seed of one parameter: a hash of (seed, component name, qualified name).
+
+    The component name is part of the key so that two components of the same architecture
+    (Wan2.2's high- and low-noise experts) get different weights, and running one in place
+    of the other changes the output. `component=None` (a module built outside a spec) keys
+    on the qualified name alone.
+    """
+    return _seed_for(seed, qualname if component is None else f"{component}/{qualname}")
+
+
+def component_of(module: nn.Module, component: str | None = None) -> str | None:
+    """`component` if given, else the name `build_component` recorded on `module` (or None)."""
+    return component if component is not None else getattr(module, COMPONENT_ATTR, None)
+
+
 @torch.no_grad()
 def materialize(
-    module: nn.Module, device: torch.device | str = "cpu", *, seed: int = 0
+    module: nn.Module,
+    device: torch.device | str = "cpu",
+    *,
+    seed: int = 0,
+    component: str | None = None,
 ) -> nn.Module:
     """Give a meta-built module real storage on `device` with seeded random weights.
 
-    Each tensor is drawn from its own generator seeded by (seed, qualified name), so a
-    component's weights do not depend on which other components were materialised, and
-    a CPU and a CUDA build of the same module hold the same values (drawn on CPU, then
-    copied). Weight matrices get N(0, 1/fan_in); 1-D weights named like norm scales get
-    ones; biases and other 1-D tensors get small noise; buffers keep `_init_buffer` if the
-    owning module defines one, else zeros.
+    Each tensor is drawn from its own generator seeded by (seed, component name, qualified
+    name) (`tensor_seed`), so two components of one architecture differ, a component's
+    weights do not depend on which other components were materialised, and a CPU and a
+    CUDA build of the same module hold the same values (drawn on CPU, then copied).
+    `component` defaults to the name `build_component` recorded on the module. Weight
+    matrices get N(0, 1/fan_in); 1-D weights named like norm scales get ones; biases and
+    other 1-D tensors get small noise; buffers keep `_init_buffer` if the owning module
+    defines one, else zeros.
     """
     device = torch.device(device)
+    component = component_of(module, component)
     module.to_empty(device=device)
     for qualname, p in module.named_parameters():
-        gen = torch.Generator().manual_seed(_seed_for(seed, qualname))
+        gen = torch.Generator().manual_seed(tensor_seed(seed, component, qualname))
         if p.dim() >= 2:
             fan_in = p[0].numel()
             values = torch.randn(p.shape, generator=gen) * (fan_in**-0.5)
@@ -252,10 +279,16 @@ class ModelSpec:
 
 
 def build_component(spec: ComponentSpec, scale: float = 1.0) -> nn.Module:
-    """Build `spec` on the meta device in its dtype: no weight bytes are allocated."""
+    """Build `spec` on the meta device in its dtype: no weight bytes are allocated.
+
+    The module records `spec.name` (attribute `COMPONENT_ATTR`), which seeds its weights in
+    `materialize` and `devices.cuda.fill_random`.
+    """
     with torch.device("meta"):
         module = spec.build(scale)
-    return module.to(spec.dtype).eval().requires_grad_(False)
+    module = module.to(spec.dtype).eval().requires_grad_(False)
+    setattr(module, COMPONENT_ATTR, spec.name)
+    return module
 
 
 def scaled_count(n: int, scale: float, minimum: int = 10) -> int:
