@@ -23,9 +23,10 @@ from typing import Any
 
 from resbench.devices.base import Device, Transfer, UnitKey
 from resbench.residency.index import ScheduleIndex, UseInterval, use_intervals
+from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
 from resbench.residency.policies import POLICIES, Policy
-from resbench.residency.strategies import STRATEGIES, DisabledConfig, Strategy
+from resbench.residency.strategies import STRATEGIES, Strategy
 from resbench.schedule import Schedule, UnitCall
 from resbench.trace import Tracer
 
@@ -51,10 +52,9 @@ class ResidencyManager:
         self._end_at = self.index.end_at
         self.strategies: dict[str, Strategy] = {}
         for comp, units in self.index.units_by_component.items():
-            cfg = plan.config_for(comp, kinds.get(comp, ""))
-            if not self.policy.manages:
-                cfg = DisabledConfig()
+            cfg = plan.applied_config(comp, kinds.get(comp, ""))
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
+        self._pinned = {(u.component, u.name) for u in pinned_units(plan, schedule, kinds)}
         self._current: dict[str, UseInterval] = {}
         self._handed_off: dict[int, int] = {}  # next use → groups already handed to it
         self._ending: list[UseInterval] = []
@@ -64,16 +64,12 @@ class ResidencyManager:
 
     # -- driver hooks ------------------------------------------------------------------------
     def setup(self) -> None:
-        """Register host copies (pinned within budget), place resident and unmanaged units."""
-        budget = self.plan.host.pinned_budget_bytes
-        pinned_total = 0
+        """Register host copies (pinned as `pinned_units` says), place resident and unmanaged
+        units."""
         for comp, strategy in self.strategies.items():
-            moves = not strategy.resident
             for u in strategy.units:
-                pinned = (self.plan.host.pinned and moves
-                          and (budget is None or pinned_total + u.weight_bytes <= budget))
-                pinned_total += u.weight_bytes if pinned else 0
-                self.device.register((comp, u.name), u.weight_bytes, pinned=pinned)
+                key = (comp, u.name)
+                self.device.register(key, u.weight_bytes, pinned=key in self._pinned)
         start = self.device.now()
         self.tracer.stage = "setup"
         for strategy in self.strategies.values():
