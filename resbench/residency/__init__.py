@@ -1,6 +1,7 @@
 """Residency: plans, strategies, policies and the manager that applies them."""
 
 from resbench.residency.manager import ResidencyManager, UseInterval, use_intervals
+from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import HostOptions, Plan, load_plan, plan_from_dict
 from resbench.residency.policies import POLICIES
 from resbench.residency.strategies import (
@@ -14,5 +15,5 @@ from resbench.residency.strategies import (
 __all__ = [
     "POLICIES", "STRATEGIES", "DisabledConfig", "HostOptions", "LayerwiseConfig",
     "OffloadConfig", "Plan", "ResidencyManager", "ResidentConfig", "UseInterval",
-    "load_plan", "plan_from_dict", "use_intervals",
+    "load_plan", "pinned_units", "plan_from_dict", "use_intervals",
 ]

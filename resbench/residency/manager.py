@@ -23,9 +23,10 @@ from typing import Any
 
 from resbench.devices.base import Device, Transfer, UnitKey
 from resbench.residency.index import ScheduleIndex, UseInterval, use_intervals
+from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
 from resbench.residency.policies import POLICIES, Policy
-from resbench.residency.strategies import STRATEGIES, DisabledConfig, Strategy
+from resbench.residency.strategies import STRATEGIES, Strategy
 from resbench.schedule import Schedule, UnitCall
 from resbench.trace import Tracer
 
@@ -51,10 +52,9 @@ class ResidencyManager:
         self._end_at = self.index.end_at
         self.strategies: dict[str, Strategy] = {}
         for comp, units in self.index.units_by_component.items():
-            cfg = plan.config_for(comp, kinds.get(comp, ""))
-            if not self.policy.manages:
-                cfg = DisabledConfig()
+            cfg = plan.applied_config(comp, kinds.get(comp, ""))
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
+        self._pinned = {(u.component, u.name) for u in pinned_units(plan, schedule, kinds)}
         self._current: dict[str, UseInterval] = {}
         self._handed_off: dict[int, int] = {}  # next use → groups already handed to it
         self._ending: list[UseInterval] = []
@@ -69,19 +69,14 @@ class ResidencyManager:
 
     # -- driver hooks ------------------------------------------------------------------------
     def setup(self) -> None:
-        """Register host copies (pinned within budget), place resident and unmanaged units.
-        Sets `setup_s`, the seconds this took on the device's clock."""
+        """Register host copies (pinned as `pinned_units` says), place resident and unmanaged
+        units. Sets `setup_s`, the seconds this took on the device's clock."""
         self.device.begin_setup()
         setup_start = self.device.clock_s()
-        budget = self.plan.host.pinned_budget_bytes
-        pinned_total = 0
         for comp, strategy in self.strategies.items():
-            moves = not strategy.resident and strategy.managed
             for u in strategy.units:
-                pinned = (self.plan.host.pinned and moves
-                          and (budget is None or pinned_total + u.weight_bytes <= budget))
-                pinned_total += u.weight_bytes if pinned else 0
-                self.device.register((comp, u.name), u.weight_bytes, pinned=pinned)
+                key = (comp, u.name)
+                self.device.register(key, u.weight_bytes, pinned=key in self._pinned)
         start = self.device.now()
         self.tracer.stage = "setup"
         for strategy in self.strategies.values():
@@ -146,20 +141,8 @@ class ResidencyManager:
 
     # -- uses --------------------------------------------------------------------------------
     def _begin_use(self, use: UseInterval) -> None:
-        s = self.strategies[use.component]
         self._current[use.component] = use
-        s.use = use
-        if s.resident:
-            reason = "resident"
-        elif s.kept:
-            s.kept = False
-            s.active = True
-            reason = "kept"
-        elif s.active:
-            reason = "prefetched"
-        else:
-            s.prepare(cold=True)
-            reason = "cold"
+        reason = self.strategies[use.component].begin_use()
         self.tracer.event("prepare", self.device.now(), component=use.component, reason=reason)
         nxt = self.next_use(after=use.index)
         if nxt is not None and self.policy.prefetch_early(self, nxt):
@@ -173,8 +156,7 @@ class ResidencyManager:
         else:
             reason = self.policy.keep_reason(self, use)
             if reason is not None:
-                s.kept = True
-                s.active = False
+                s.keep()
                 self.tracer.event("keep", now, component=use.component, reason=reason)
             else:
                 s.release("after_use")
@@ -184,11 +166,10 @@ class ResidencyManager:
 
     def _prefetch_use(self, nxt: UseInterval, *, early: bool) -> None:
         s = self.strategies[nxt.component]
-        if s.resident or s.kept or s.active:
+        if s.holds_device_copy:
             return
         now = self.device.now()
-        cfg_prefetch = getattr(s.config, "prefetch", True)
-        if not (s.prefetchable and cfg_prefetch and nxt.allow_prefetch):
+        if not (s.wants_prefetch and nxt.allow_prefetch):
             if not early:
                 why = "stage disallows" if not nxt.allow_prefetch else "prefetch off"
                 self.tracer.event("prefetch_skip", now, component=nxt.component, reason=why)
@@ -197,8 +178,7 @@ class ResidencyManager:
                                                        protect=nxt.component, best_effort=True):
             self.tracer.event("prefetch_skip", now, component=nxt.component, reason="no_memory")
             return
-        s.use = nxt
-        s.prepare(cold=False)
+        s.prefetch()
 
     # -- lookahead queries (policies, strategies) -------------------------------------------
     def next_use(self, after: int) -> UseInterval | None:
@@ -209,9 +189,7 @@ class ResidencyManager:
 
     def bytes_to_bring(self, use: UseInterval) -> int:
         s = self.strategies[use.component]
-        if s.resident or s.kept or s.active:
-            return 0
-        return s.device_bytes()
+        return 0 if s.holds_device_copy else s.device_bytes()
 
     def handoff_prefetch(self, s: Strategy, groups: int) -> None:
         """Have the first `groups` groups of the use after `s`'s current one in flight (`s`'s
@@ -229,8 +207,7 @@ class ResidencyManager:
             return
         if target is s and self.policy.keep_reason(self, use) is None:
             return  # released when this use ends: what came in now would be dropped unused
-        target.use = nxt
-        target.head_prefetch(groups)
+        target.head_prefetch(nxt, groups)
 
     # -- memory pressure ---------------------------------------------------------------------
     def ensure_free(self, nbytes: int, *, reason: str, protect: str = "",
@@ -241,7 +218,7 @@ class ResidencyManager:
         here = max((u.index for u in self._current.values()), default=-1)
         candidates = []
         for comp, s in self.strategies.items():
-            if s.kept and not s.active and comp != protect:
+            if s.kept and comp != protect:
                 nxt = self.next_use_of(comp, here)
                 candidates.append((float("inf") if nxt is None else nxt.first, comp))
         for distance, comp in sorted(candidates, reverse=True):
@@ -315,11 +292,11 @@ class ResidencyManager:
 
     # -- checks ------------------------------------------------------------------------------
     def leftover_units(self) -> list[UnitKey]:
-        """Units still on the device that should not be (neither resident nor unmanaged)."""
+        """Units still on the device that should not be (not among their strategy's `fixed_units`)."""
         out = []
         for comp, s in self.strategies.items():
-            fixed = {u.name for u in getattr(s, "resident_units", [])}
+            fixed = {u.name for u in s.fixed_units()}
             for u in s.units:
-                if self.device.on_device((comp, u.name)) and not s.resident and u.name not in fixed:
+                if u.name not in fixed and self.device.on_device((comp, u.name)):
                     out.append((comp, u.name))
         return out

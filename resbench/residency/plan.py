@@ -32,7 +32,12 @@ import tomli_w
 
 from resbench.errors import InputError
 from resbench.residency.policies import POLICIES
-from resbench.residency.strategies import STRATEGIES, ResidentConfig, StrategyConfig
+from resbench.residency.strategies import (
+    STRATEGIES,
+    DisabledConfig,
+    ResidentConfig,
+    StrategyConfig,
+)
 from resbench.units import parse_bytes
 
 SCHEMA = 1
@@ -64,6 +69,13 @@ class Plan:
             if key in table:
                 return table[key]
         return ResidentConfig()
+
+    def applied_config(self, component: str, kind: str) -> StrategyConfig:
+        """The config the manager applies: `config_for`, or `disabled` for every component
+        under a policy that manages nothing."""
+        if not POLICIES[self.policy].manages:
+            return DisabledConfig()
+        return self.config_for(component, kind)
 
     def with_components(self, **configs: StrategyConfig) -> Plan:
         table = dict(self.components)

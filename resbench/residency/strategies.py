@@ -1,17 +1,30 @@
 """Residency strategies: one small class per way a component's weights can live.
 
-A strategy owns one component. The manager calls, in order for each use of it:
+A strategy owns one component and its lifecycle state; the manager decides *when* (from the
+schedule and the policy) and calls the strategy, which decides *what* moves. The state is
+one of
 
-``prepare(cold)``     bring it in ahead of (``cold=False``, a prefetch) or at its use
-``before_unit(call)`` make sure the unit about to run is on the device (wait for its copy)
-``after_unit(call)``  drop what is no longer needed (layerwise groups)
-``release(reason)``   take it off the device after the use (unless the policy keeps it)
-``head_prefetch(n)``  start bringing in the first `n` groups of its next use early (streams
-                      across component boundaries: Wan2.2's expert switch)
+* ``idle``   — nothing of a use on the device (the units of `fixed_units` may be);
+* ``active`` — ready for, or in, a use: brought in at the use or ahead of it;
+* ``kept``   — left on the device after a use by the policy's choice, until its next use
+  begins or the manager evicts it;
 
-plus ``setup()`` once before the first request and ``request_end()``. Strategies talk to
-the device only through the manager's helpers (`ctx.load`, `ctx.wait`, `ctx.drop`, ...), so
-every action is traced the same way on every device.
+and changes only inside these methods, which the manager calls in this order for each use:
+
+``prefetch()``             idle → active ahead of the use, when `wants_prefetch` and the stage
+                           allow it and the component does not `holds_device_copy` already
+``begin_use()``            → active at the use's first call; returns how it got there
+``before_unit(call)``      make sure the unit about to run is on the device (wait for its copy)
+``after_unit(call)``       drop what is no longer needed (layerwise groups)
+``keep()`` or ``release(reason)``  after the use's last call, as the policy chooses
+``head_prefetch(use, n)``  bring in the first `n` groups of `use` early (streams across
+                           component boundaries: Wan2.2's expert switch)
+
+plus ``setup()`` once before the first request, ``release("evict")`` under memory pressure
+and ``request_end()``. A `resident` strategy is placed at setup and has no lifecycle: the
+manager never prefetches, keeps or releases it. Strategies talk to the device only through
+the manager's helpers (`ctx.load`, `ctx.wait`, `ctx.drop`, ...), so every action is traced
+the same way on every device.
 
 Each class declares its frozen ``Config``; `STRATEGIES` maps the TOML name to the class.
 """
@@ -19,13 +32,14 @@ Each class declares its frozen ``Config``; `STRATEGIES` maps the TOML name to th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from resbench.devices.base import Transfer, UnitKey
 from resbench.models.base import REST, UnitInfo
 from resbench.schedule import UnitCall
 
 if TYPE_CHECKING:
+    from resbench.residency.index import UseInterval
     from resbench.residency.manager import ResidencyManager
 
 
@@ -77,11 +91,16 @@ class DisabledConfig(StrategyConfig):
 
 
 class Strategy:
-    """Base class; see the module docstring for the call order."""
+    """One component's residency; see the module docstring for the states and call order.
+
+    Subclasses move weights in `_bring_in` and `_take_out` and leave the state to the
+    methods here.
+    """
 
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
-    managed: ClassVar[bool] = True
-    prefetchable: ClassVar[bool] = False
+    resident: ClassVar[bool] = False
+    """Placed on the device at setup and never moved again: the manager never prefetches,
+    keeps or releases it, and its host copy is read once, so it is not pinned."""
 
     def __init__(self, component: str, units: list[UnitInfo], config: StrategyConfig,
                  ctx: ResidencyManager) -> None:
@@ -90,51 +109,142 @@ class Strategy:
         self.config = config
         self.ctx = ctx
         self.total_bytes = sum(u.weight_bytes for u in units)
-        self.active = False  # between prepare and release
-        self.kept = False  # on the device after a use, by the policy's choice
-        self.use: Any = None  # the manager's UseInterval this component is in or readied for
+        self._state: Literal["idle", "active", "kept"] = "idle"
 
+    # -- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
-        pass
+        """Once, before the first request."""
 
-    def prepare(self, cold: bool) -> None:
-        self.active = True
+    def begin_use(self) -> str:
+        """The use starts now: be active. Returns how the component got ready, for the trace:
+        ``kept`` (left on the device by the policy), ``prefetched`` (brought in ahead),
+        ``cold`` (its copies start now; the use waits for them) or ``resident``."""
+        if self._state == "idle":
+            self._bring_in(prefetch=False)
+            self._state = "active"
+            return "cold"
+        how = "kept" if self._state == "kept" else "prefetched"
+        self._state = "active"
+        return how
 
+    def prefetch(self) -> None:
+        """Start bringing the component in ahead of its next use (copies traced as
+        prefetches); nothing to do unless idle."""
+        if self._state == "idle":
+            self._bring_in(prefetch=True)
+            self._state = "active"
+
+    def keep(self) -> None:
+        """End the use leaving the component on the device, by the policy's choice. It stays
+        until its next use begins or `release("evict")`."""
+        self._state = "kept"
+
+    def release(self, reason: str) -> None:
+        """Take the component off the device (after a use, on eviction, at the request's
+        end); `reason` is traced on each unit's release."""
+        self._take_out(reason)
+        self._state = "idle"
+
+    def request_end(self) -> None:
+        """Release whatever is still on the device, except `fixed_units`."""
+        if self._state != "idle":
+            self.release("end")
+
+    def head_prefetch(self, use: UseInterval, groups: int) -> int:
+        """Bring in the first `groups` groups of `use`, this component's next use, while an
+        earlier use still computes; return how many were issued (0: nothing to stream)."""
+        return 0
+
+    # -- per unit call -----------------------------------------------------------------------
     def before_unit(self, call: UnitCall) -> None:
         pass
 
     def after_unit(self, call: UnitCall) -> None:
         pass
 
-    def release(self, reason: str) -> None:
-        self.active = False
-        self.kept = False
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def kept(self) -> bool:
+        """On the device after a use by the policy's choice: the one state eviction may undo."""
+        return self._state == "kept"
 
-    def head_prefetch(self, groups: int) -> int:
-        """Prefetch the first `groups` groups of the next use; return how many were issued."""
-        return 0
+    @property
+    def holds_device_copy(self) -> bool:
+        """On the device or on its way for the next use (resident, kept, or already brought
+        in): bringing it in again would move nothing."""
+        return self.resident or self._state != "idle"
 
-    def request_end(self) -> None:
-        if self.active or self.kept:
-            self.release("end")
+    @property
+    def wants_prefetch(self) -> bool:
+        """Whether this strategy, as configured, brings its component in ahead of the use."""
+        return False
 
     def device_bytes(self) -> int:
         """Bytes this component holds on the device while in use (for budget decisions)."""
         return self.total_bytes
 
-    @property
-    def resident(self) -> bool:
-        return False
+    def fixed_units(self) -> list[UnitInfo]:
+        """Units that stay on the device after the request by design (not leftovers)."""
+        return []
+
+    # -- what subclasses implement -----------------------------------------------------------
+    def _bring_in(self, *, prefetch: bool) -> None:
+        """Issue the copies a use needs before its first call (`prefetch`: ahead of it)."""
+
+    def _take_out(self, reason: str) -> None:
+        """Drop (or copy back) what `_bring_in` and the use's calls brought in."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.component}, {self.config})"
+        return f"{type(self).__name__}({self.component}, {self.config}, {self._state})"
 
 
-class _WholeComponent(Strategy):
-    """Shared by resident and offload: every unit moves as one batch of copies."""
+class _InPlace(Strategy):
+    """Shared by resident and disabled: placed at setup, left there to the end."""
 
-    def _load_all(self, *, prefetch: bool) -> None:
+    resident = True
+
+    def begin_use(self) -> str:
+        return "resident"
+
+    def keep(self) -> None:
+        pass
+
+    def release(self, reason: str) -> None:
+        pass
+
+    def request_end(self) -> None:
+        pass
+
+    def fixed_units(self) -> list[UnitInfo]:
+        return list(self.units)
+
+
+class ResidentStrategy(_InPlace):
+    Config = ResidentConfig
+
+    def setup(self) -> None:
+        transfers = [self.ctx.load((self.component, u.name), prefetch=False) for u in self.units]
+        for transfer in transfers:
+            self.ctx.wait(transfer)
+
+
+class OffloadStrategy(Strategy):
+    """The whole component moves as one batch of copies per use."""
+
+    Config = OffloadConfig
+
+    def __init__(self, component: str, units: list[UnitInfo], config: StrategyConfig,
+                 ctx: ResidencyManager) -> None:
+        super().__init__(component, units, config, ctx)
+        assert isinstance(config, OffloadConfig)
+        self.offload = config
         self.pending: dict[str, Transfer] = {}
+
+    @property
+    def wants_prefetch(self) -> bool:
+        return self.offload.prefetch
+
+    def _bring_in(self, *, prefetch: bool) -> None:
         for u in self.units:
             self.pending[u.name] = self.ctx.load((self.component, u.name), prefetch=prefetch)
 
@@ -145,59 +255,21 @@ class _WholeComponent(Strategy):
         if call.unit != REST and self.pending.get(REST) is not None:
             self.ctx.wait(self.pending.pop(REST))
 
-
-class ResidentStrategy(_WholeComponent):
-    Config = ResidentConfig
-
-    def setup(self) -> None:
-        self._load_all(prefetch=False)
-        for transfer in self.pending.values():
-            self.ctx.wait(transfer)
-        self.pending = {}
-        self.active = True
-
-    def prepare(self, cold: bool) -> None:
-        self.active = True
-
-    def release(self, reason: str) -> None:
-        pass  # never leaves
-
-    def request_end(self) -> None:
-        pass
-
-    @property
-    def resident(self) -> bool:
-        return True
-
-
-class OffloadStrategy(_WholeComponent):
-    Config = OffloadConfig
-    prefetchable = True
-
-    def prepare(self, cold: bool) -> None:
-        if self.active or self.kept:
-            self.active = True
-            return
-        self._load_all(prefetch=not cold)
-        self.active = True
-
-    def release(self, reason: str) -> None:
-        cfg = self.config
-        assert isinstance(cfg, OffloadConfig)
+    def _take_out(self, reason: str) -> None:
         for u in self.units:
             key = (self.component, u.name)
-            if cfg.release == "d2h":
+            if self.offload.release == "d2h":
                 self.ctx.copy_back(key, reason)
             else:
                 self.ctx.drop(key, reason)
         self.pending = {}
-        self.active = False
-        self.kept = False
 
 
 class LayerwiseStrategy(Strategy):
+    """Blocks streamed in groups through a staging pool; the rest and the resident blocks are
+    brought in with the use (the resident blocks once: they stay to the end)."""
+
     Config = LayerwiseConfig
-    prefetchable = True
 
     def __init__(self, component: str, units: list[UnitInfo], config: StrategyConfig,
                  ctx: ResidencyManager) -> None:
@@ -233,7 +305,11 @@ class LayerwiseStrategy(Strategy):
                             for key in self.group_keys[k]]
         self.loaded.add(k)
 
-    def _bring_fixed(self, prefetch: bool) -> None:
+    @property
+    def wants_prefetch(self) -> bool:
+        return True
+
+    def _bring_in(self, *, prefetch: bool) -> None:
         if self.slots:
             self.ctx.alloc_pool(self.pool, self.slot_bytes, self.slots)
         for u in self.rest:
@@ -243,16 +319,9 @@ class LayerwiseStrategy(Strategy):
                 self.pending[u.name] = self.ctx.load((self.component, u.name), prefetch=prefetch)
             self.resident_loaded = True
 
-    def prepare(self, cold: bool) -> None:
-        if self.active:
-            return
-        self._bring_fixed(prefetch=not cold)
-        self.active = True
-
-    def head_prefetch(self, groups: int) -> int:
-        if not self.active:
-            self.prepare(cold=False)
-        visits = self.visit_table.by_use.get(self.use.index, ()) if self.use is not None else ()
+    def head_prefetch(self, use: UseInterval, groups: int) -> int:
+        self.prefetch()
+        visits = self.visit_table.by_use.get(use.index, ())
         issued = 0
         for k in visits[: min(groups, self.depth + 1)]:
             if k not in self.loaded:
@@ -294,7 +363,7 @@ class LayerwiseStrategy(Strategy):
             self.ctx.drop(key, reason)
         self.loaded.discard(k)
 
-    def release(self, reason: str) -> None:
+    def _take_out(self, reason: str) -> None:
         for k in sorted(self.loaded):
             self._drop_group(k, reason)
         for u in self.rest:
@@ -302,37 +371,24 @@ class LayerwiseStrategy(Strategy):
             self.ctx.drop((self.component, u.name), reason)
         if self.slots:
             self.ctx.free_pool(self.pool)
-        self.active = False
-        self.kept = False
-
-    def request_end(self) -> None:
-        super().request_end()
-        # resident blocks stay: they are the point of partial residency
 
     def device_bytes(self) -> int:
         rest = sum(u.weight_bytes for u in self.rest)
         fixed = sum(u.weight_bytes for u in self.resident_units)
         return rest + fixed + self.slot_bytes * self.slots
 
+    def fixed_units(self) -> list[UnitInfo]:
+        return list(self.resident_units)  # partial residency: they stay to the end
 
-class DisabledStrategy(Strategy):
+
+class DisabledStrategy(_InPlace):
+    """Not managed: placed where the pipeline puts it, with no events."""
+
     Config = DisabledConfig
-    managed = False
 
     def setup(self) -> None:
         for u in self.units:
             self.ctx.place_unmanaged((self.component, u.name))
-        self.active = True
-
-    def release(self, reason: str) -> None:
-        pass
-
-    def request_end(self) -> None:
-        pass
-
-    @property
-    def resident(self) -> bool:
-        return True
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -35,6 +35,7 @@ from resbench.drivers.replay import simulate
 from resbench.errors import DoesNotFitError
 from resbench.execution import Backend, RunResult
 from resbench.hardware import HardwareProfile
+from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
@@ -169,19 +170,8 @@ class Evaluator:
                                    call_times_s=self.call_times_s)
 
     def pinned_estimate(self, plan: Plan) -> int:
-        """Host bytes `plan` pins (the manager's rule: moved components, within the cap)."""
-        if not plan.host.pinned or plan.policy == "disabled":
-            return 0
-        kinds = self.schedule.kinds
-        total = 0
-        cap = plan.host.pinned_budget_bytes
-        for u in self.schedule.units:
-            if plan.config_for(u.component, kinds.get(u.component, "")).name in ("resident",
-                                                                                   "disabled"):
-                continue
-            if cap is None or total + u.weight_bytes <= cap:
-                total += u.weight_bytes
-        return total
+        """Host bytes `plan` pins, without running it: the manager's own rule, `pinned_units`."""
+        return sum(u.weight_bytes for u in pinned_units(plan, self.schedule))
 
     def lower_bound_s(self) -> float:
         """No plan under this budget can beat max(total compute, must-move bytes / H2D
