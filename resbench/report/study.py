@@ -191,8 +191,8 @@ def study_context(study: optuna.Study) -> dict[str, Any]:
     """What the study says it searched for (study user attributes), where stored."""
     a = study.user_attrs
     out: dict[str, Any] = {}
-    for key in ("model", "request", "hardware", "budget_bytes", "scale", "host_budget_bytes",
-                "sweep"):
+    for key in ("model", "request", "hardware", "hardware_profile", "budget_bytes", "scale",
+                "host_budget_bytes", "sweep"):
         if key in a:
             out[key] = a[key]
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -161,3 +162,43 @@ def test_tune_writes_and_prints_its_report(capsys: pytest.CaptureFixture[str], t
     doc = json.loads(out)
     assert doc["report"] == str(report) and report.is_file()
     assert "https://" not in report.read_text()
+
+
+def test_a_hardware_file_whose_name_is_no_preset_tunes_and_reports(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Regression: `tune --hardware FILE.toml` wrote the plan, then exited 2 with "unknown
+    hardware profile 'h200-141g-calibrated'": the report looked the profile up by name."""
+    from resbench.hardware import get_profile, save_profile
+
+    calibrated = dataclasses.replace(get_profile("h200-141g"), name="h200-141g-calibrated")
+    hw = save_profile(calibrated, tmp_path / "mine.toml")
+    args = [a for a in TINY if a != "--no-report"]
+    args[args.index("--hardware") + 1] = str(hw)
+    code, out, err = run(capsys, *args, "--budget", "60MB", "--n-trials", "3", "--storage",
+                         str(tmp_path / "s.log"), "--out", str(tmp_path / "plan.toml"),
+                         "--report", str(tmp_path / "study.html"), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["hardware"] == "h200-141g-calibrated"
+    assert doc["report"] == str(tmp_path / "study.html") and (tmp_path / "study.html").is_file()
+    study = optuna.load_study(study_name=doc["study_name"], storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.log"))))
+    assert study.user_attrs["hardware_profile"]["name"] == "h200-141g-calibrated"
+
+
+def test_rerunning_a_study_under_another_budget_stops_instead_of_a_wrong_plan(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A study made at one budget and rerun at a smaller one (same --study-name) used to
+    write a plan peaking above the new budget with exit 0."""
+    common = [*TINY, "--n-trials", "3", "--storage", str(tmp_path / "s.log"), "--study-name",
+              "shared", "--out", str(tmp_path / "plan.toml")]
+    code, _, err = run(capsys, *common, "--budget", "70MB")
+    assert code == 0, err
+    (tmp_path / "plan.toml").unlink()
+    code, _, err = run(capsys, *common, "--budget", "40MB")
+    line = error_line(err)
+    assert code == 2 and "was built under other constraints" in line
+    assert "budget_bytes 70.00 MB (this run: 40.00 MB)" in line
+    assert not (tmp_path / "plan.toml").exists()
+    code, _, err = run(capsys, *common, "--budget", "70MB", "--host-budget", "1GB")
+    assert code == 2 and "host_budget_bytes" in error_line(err)
