@@ -143,7 +143,7 @@ def study_sections(study: optuna.Study, sid: str, *, level: int = 2
                        "that would.")
     sections = [Section(id=f"{sid}-findings", title="Findings", bullets=bullets)]
     what = [("study", study.study_name), ("objectives", ", ".join(names))]
-    what += [(k, v) for k, v in ctx.items()]
+    what += [(k, v) for k, v in ctx.items() if k != "hardware_profile"]
     tables = [Table("Study", kv_table(what))]
     if best_plan is not None and best is not None:
         tables.append(Table(f"Best plan: {best_plan.name} (policy {best_plan.policy}, margin "
