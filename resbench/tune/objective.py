@@ -62,7 +62,9 @@ class Evaluation:
     capacity_bytes: int = 0
     """Bytes the run was allowed (the budget less fragmentation)."""
     missing_bytes: int = 0
-    """Bytes short when the plan did not fit."""
+    """Bytes short when the plan did not fit (0 when the allocator did not say)."""
+    failed_at: str | None = None
+    """`component.unit` being placed or run when the plan did not fit."""
     needed_budget_bytes: int | None = None
     """Smallest budget this plan (static version) is estimated to fit in; set when it did not."""
     measured: bool = False
@@ -99,7 +101,7 @@ class Evaluation:
             if self.stall_s is not None:  # absent, never 0, when not measured
                 attrs["stall_s"] = self.stall_s
         else:
-            attrs.update(missing_bytes=self.missing_bytes,
+            attrs.update(missing_bytes=self.missing_bytes, failed_at=self.failed_at,
                          needed_budget_bytes=self.needed_budget_bytes)
         if self.measured:
             attrs["measured"] = True
@@ -149,6 +151,8 @@ class Evaluator:
                               peak_device_bytes=allowed + exc.missing_bytes,
                               pinned_host_bytes=self.pinned_estimate(plan),
                               capacity_bytes=allowed, missing_bytes=exc.missing_bytes,
+                              failed_at=(f"{exc.component}.{exc.unit}" if exc.component
+                                         else None),
                               needed_budget_bytes=self.needed_budget(plan),
                               measured=self.measured)
         return Evaluation(plan=plan, fits=True, latency_s=r.latency_s,
