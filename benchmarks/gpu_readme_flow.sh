@@ -33,14 +33,15 @@ for phase in "$@"; do
       echo "profile rc=$? $(( $(date +%s) - t0 )) s"; tail -3 profile.err
       cd - >/dev/null || exit 1 ;;
     tune)
+      mkdir -p "$OUT/flow"; cp "${HW:-benchmarks/results/h200-calibrated.toml}" "$OUT/flow/hw.toml"
       cd "$OUT/flow" || exit 1
       t0=$(date +%s)
       python -m resbench tune --model wan2.2 "${REQ[@]}" --budget 48GB \
-        --hardware h200-calibrated.toml --n-trials 80 --seed 0 --validate 2 \
+        --hardware hw.toml --n-trials 80 --seed 0 --validate 2 \
         --storage tune.log --out tuned-48GB.toml --report study.html --json \
         >tune.json 2>tune.err
       echo "tune rc=$? $(( $(date +%s) - t0 )) s"; tail -25 tune.err
       cd - >/dev/null || exit 1 ;;
   esac
 done
-cd "$OUT" && tar czf flow.tgz flow 2>/dev/null; rm -rf "$OUT/flow/run-48GB"; ls -la "$OUT"
+cd "$OUT" && rm -rf flow/run-48GB && tar czf flow.tgz flow 2>/dev/null; rm -rf "$OUT/flow"; ls -la "$OUT"
