@@ -7,7 +7,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-export PYTHONPATH=.
+export PYTHONPATH=$PWD
 python -m pip install -q --no-index --find-links wheels optuna click rich tomli-w jinja2 \
     pandas matplotlib pytest hypothesis >"$OUT/pip.log" 2>&1 || tail -5 "$OUT/pip.log"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv;
@@ -18,8 +18,8 @@ REQ=(--height 480 --width 832 --frames 17 --steps 4)
 for phase in "$@"; do
   case $phase in
     tests)
-      /usr/bin/time -v python -m pytest -m gpu -q -s -p no:cacheprovider \
-        tests/devices/test_cuda_weights.py tests/execution/test_cuda_trials.py tests/devices/test_cuda.py \
+      /usr/bin/time -v python -m pytest -m gpu -q -s -p no:cacheprovider ${GPU_TESTS:-\
+        tests/devices/test_cuda_weights.py tests/execution/test_cuda_trials.py tests/devices/test_cuda.py} \
         >"$OUT/gpu-tests.txt" 2>&1; echo "gpu tests rc=$?"; tail -15 "$OUT/gpu-tests.txt" ;;
     flow)
       mkdir -p "$OUT/flow"; cd "$OUT/flow" || exit 1

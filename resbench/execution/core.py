@@ -94,11 +94,16 @@ class Execution:
         Raises `DoesNotFitError` (the plan needs more than the budget) or `DeviceOOMError`
         (the device's allocator ran out, naming the unit that was running; memory freed)."""
         device, mgr = self.device, self.manager
+        out_of_memory = False
         try:
             try:
                 output = self.driver.run(request)
             except torch.OutOfMemoryError:
-                raise self._oom() from None
+                out_of_memory = True
+            if out_of_memory:
+                # raised outside the handler: the OOM's traceback (and the activations its
+                # frames hold) is gone before `close` empties the allocator's cache
+                raise self._oom()
             peak = device.peak_bytes()
             reserved = device.peak_reserved_bytes()
             ledger_peak = device.ledger_peak_bytes()
