@@ -40,7 +40,7 @@ from torch import nn
 
 from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.devices.cpu import _rebind
-from resbench.errors import DeviceOOMError
+from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.models.base import (
     REST,
     ComponentSpec,
@@ -53,6 +53,24 @@ from resbench.schedule import UnitCall
 from resbench.units import format_bytes
 
 ALIGN = 256
+HOST_RESERVE_BYTES = 4 * 2**30
+"""Host memory left free when deciding whether pageable copies fit (the process, the OS)."""
+
+
+class HostMemoryError(DoesNotFitError):
+    """The plan needs more host memory than this host has available."""
+
+
+def host_available_bytes() -> int | None:
+    """`MemAvailable` now (it grows on hosts whose memory is given as used); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 # ----------------------------------------------------------------------------- host copies
@@ -323,8 +341,22 @@ class CudaDevice(Device):
         self.setup_from_pinned = True
 
     def end_setup(self) -> None:
-        """Make the host copies the request will stream from (pageable ones where asked)."""
+        """Make the host copies the request will stream from (pageable ones where asked).
+
+        Pageable copies are made beside the pinned slabs: a plan streaming all of Wan2.2
+        pageable needs 69 GB more host memory. When the host cannot hold them the plan
+        does not fit this host, raised as `HostMemoryError` before anything is copied;
+        otherwise the kernel would kill the process mid-copy."""
         self.setup_from_pinned = False
+        needed = sum(self._nbytes[k] for k, pinned in self._pinned.items()
+                     if not pinned and k not in self._bufs and self.host.units[k].pageable is None)
+        available = host_available_bytes()
+        if available is not None and needed > available - HOST_RESERVE_BYTES:
+            raise HostMemoryError(
+                f"the plan streams {format_bytes(needed)} from pageable host copies, made beside "
+                f"the pinned weights, but only {format_bytes(available)} of host memory is "
+                f"available (keeping {format_bytes(HOST_RESERVE_BYTES)} free)",
+                component="host", missing_bytes=needed - available + HOST_RESERVE_BYTES)
         for key, pinned in self._pinned.items():
             if key not in self._bufs:
                 self.host.source(key, pinned)
@@ -544,8 +576,10 @@ class CudaDevice(Device):
         return self._t0.elapsed_time(token) / 1e3
 
     def close(self) -> None:
-        """Free every device copy (resident units too) and the pools; placeholders stay bound."""
+        """Free every device copy (resident units too), the pools and the pageable host
+        copies this run made; placeholders stay bound."""
         torch.cuda.synchronize(self.device)
+        self.host.drop_pageable()
         for key in list(self._bufs):
             self._unbind(key)
         self._pools.clear()
