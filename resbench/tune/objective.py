@@ -65,6 +65,8 @@ class Evaluation:
     """Bytes short when the plan did not fit (0 when the allocator did not say)."""
     failed_at: str | None = None
     """`component.unit` being placed or run when the plan did not fit."""
+    failure: str = ""
+    """Why it did not fit, in a line (device or host memory), when known."""
     needed_budget_bytes: int | None = None
     """Smallest budget this plan (static version) is estimated to fit in; set when it did not."""
     measured: bool = False
@@ -102,6 +104,7 @@ class Evaluation:
                 attrs["stall_s"] = self.stall_s
         else:
             attrs.update(missing_bytes=self.missing_bytes, failed_at=self.failed_at,
+                         failure=self.failure or None,
                          needed_budget_bytes=self.needed_budget_bytes)
         if self.measured:
             attrs["measured"] = True
@@ -152,7 +155,7 @@ class Evaluator:
                               pinned_host_bytes=self.pinned_estimate(plan),
                               capacity_bytes=allowed, missing_bytes=exc.missing_bytes,
                               failed_at=(f"{exc.component}.{exc.unit}" if exc.component
-                                         else None),
+                                         else None), failure=str(exc),
                               needed_budget_bytes=self.needed_budget(plan),
                               measured=self.measured)
         return Evaluation(plan=plan, fits=True, latency_s=r.latency_s,

@@ -218,6 +218,7 @@ def _evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "peak_device_bytes": e.peak_device_bytes, "pinned_host_bytes": e.pinned_host_bytes,
             "stall_s": e.stall_s, "h2d_bytes": e.h2d_bytes, "d2h_bytes": e.d2h_bytes,
             "missing_bytes": e.missing_bytes, "measured": e.measured,
+            "failure": e.failure or None,
             "plan": e.plan.to_dict()}
 
 

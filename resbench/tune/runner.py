@@ -422,7 +422,9 @@ def _measure(gpu: Backend, ev: Evaluation, budget: int | None) -> Evaluation:
         r = gpu.run(ev.plan, budget)
     except DoesNotFitError as exc:
         return dataclasses.replace(ev, fits=False, latency_s=INFEASIBLE_LATENCY_S,
-                                   missing_bytes=max(1, exc.missing_bytes or 0), measured=True)
+                                   missing_bytes=max(1, exc.missing_bytes or 0), measured=True,
+                                   failed_at=f"{exc.component}.{exc.unit}" if exc.component
+                                   else None, failure=str(exc))
     return dataclasses.replace(ev, latency_s=r.latency_s, stall_s=r.stall_s,
                                peak_device_bytes=r.peak_device_bytes,
                                pinned_host_bytes=r.pinned_host_bytes, h2d_bytes=r.h2d_bytes,
