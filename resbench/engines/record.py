@@ -3,17 +3,10 @@
 The accounting is `resbench.record.Recorder`'s, unchanged: FLOPs by op class, bytes moved,
 kernels, activation peaks per unit call, blocks of stateless components replayed from a
 cache. What differs is who drives it. The zoo's `Pipeline` calls the recorder's component
-and step callbacks itself; a diffusers pipeline does not know about them, so
-`DiffusersRecorder` installs them as hooks on the real modules:
-
-* a forward pre/post hook on every text encoder and DiT (the component's entry and exit),
-  and a wrapper on the VAE's `decode` / `encode` methods (the pipeline calls those, not
-  `forward`);
-* a forward pre/post hook on every block unit (`resbench.engines.units`);
-* `callback_on_step_end` for the denoising step index.
-
-Stages follow from the component entered: a text encoder → `text_encode`, a DiT →
-`denoise`, VAE encode → `image_encode`, VAE decode → `decode`.
+and step callbacks itself; a diffusers pipeline does not, so `DiffusersRecorder` gets them
+from a `PipelineHookBridge` (`resbench.engines.hooks`: component entries, stages, steps, and
+the two adjustments a meta run needs) and adds a forward pre/post hook on every block unit
+(`resbench.engines.units`).
 
 Attention: on meta, `F.scaled_dot_product_attention` decomposes into bmm + softmax with an
 L×L score matrix (and an fp32 upcast) that no GPU kernel materialises. The zoo's layers call
@@ -21,12 +14,6 @@ the fused ops on meta instead (`resbench.models.layers.attention`); diffusers an
 transformers modules call SDPA, so `FusedAttentionOnMeta` reroutes those calls to the same
 fused ops for the recording: recorded FLOPs count as attention, and working memory is that
 of the flash / memory-efficient kernels.
-
-Two things make a meta run of a diffusers pipeline possible. The scheduler's timesteps must
-stay real (the pipeline compares them with the expert boundary and the scheduler indexes
-with them), so `set_timesteps` is pinned to the CPU for the recording; and the timestep
-tensor a pipeline hands its transformer is then a CPU tensor, moved to the component's
-device on entry. Every hook, wrapper and pin is removed by `close()`.
 """
 
 from __future__ import annotations
@@ -34,24 +21,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 from resbench.engines.build import build_pipeline
-from resbench.engines.catalog import STAGE_OF_KIND, EngineModel, get_engine_model
+from resbench.engines.catalog import EngineModel, get_engine_model
+from resbench.engines.hooks import PipelineHookBridge, restore_attribute, stages_of
 from resbench.engines.run import default_request, run_pipeline
 from resbench.engines.units import Unit, residency_units
 from resbench.pipeline import Request
 from resbench.record import Recorder
 from resbench.schedule import ComponentUse, Schedule
-
-_VAE_STAGES = {"encode": "image_encode", "decode": "decode"}
 
 
 class FusedAttentionOnMeta(TorchFunctionMode):
@@ -91,32 +75,18 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 _SDPA = inspect.signature(_sdpa)
 
 
-def _to_device(device: torch.device) -> Callable[[Any], Any]:
-    def move(x: Any) -> Any:
-        if isinstance(x, torch.Tensor) and x.device != device:
-            return x.to(device)
-        return x
-    return move
-
-
 class DiffusersRecorder(Recorder):
     """`Recorder` driven by hooks on a diffusers pipeline's modules (see the module doc).
 
     Pass `on_step_end` as the pipeline's `callback_on_step_end`. Use as a context manager,
-    or call `close()`: it ends the last stage, and afterwards the modules, the VAE and the
-    scheduler are as they were.
+    or call `close()`: it ends the last stage, and afterwards the pipeline is as it was.
     """
 
     def __init__(self, pipe: Any, model: EngineModel, units: dict[str, list[Unit]]) -> None:
         super().__init__({})  # no zoo components: the hooks are installed below
-        self._undo: list[Callable[[], None]] = []
+        self.bridge = PipelineHookBridge(pipe, model, self)
+        self.on_step_end = self.bridge.on_step_end
         for role in model.components:
-            module = getattr(pipe, role.name)
-            if role.kind == "vae":
-                for method, stage in _VAE_STAGES.items():
-                    self._bracket_method(module, method, role.name, stage)
-            else:
-                self._bracket_forward(module, role.name, STAGE_OF_KIND[role.kind])
             for unit in units[role.name]:
                 if unit.block_index < 0:
                     continue
@@ -124,75 +94,19 @@ class DiffusersRecorder(Recorder):
                 # Replaying a block's costs is only sound on meta (a hit returns empty
                 # tensors), and VAE blocks carry a feature cache: those always run.
                 if role.kind != "vae" and next(block.parameters()).is_meta:
-                    self._cache(block)
+                    previous = block.__dict__.get("forward")
+                    self._wrap_cached(block)
+                    self.bridge.on_close(functools.partial(restore_attribute, block, "forward",
+                                                           previous))
                 self._handles.append(block.register_forward_pre_hook(
                     lambda m, a, c=role.name, u=unit.name: self._block_begin(c, u)))
                 self._handles.append(block.register_forward_hook(
                     lambda m, a, o, c=role.name, u=unit.name: self._block_end(c, u, o)))
-        self._pin_timesteps_to_cpu(pipe.scheduler)
-
-    # -- installing and removing ------------------------------------------------------------
-    def _cache(self, block: nn.Module) -> None:
-        previous = block.__dict__.get("forward")
-        self._wrap_cached(block)
-
-        def undo() -> None:
-            if previous is None:
-                del block.forward
-            else:
-                block.forward = previous
-        self._undo.append(undo)
-
-    def _bracket_forward(self, module: nn.Module, component: str, stage: str) -> None:
-        device = next(module.parameters()).device
-
-        def pre(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-            args, kwargs = tree_map(_to_device(device), (args, kwargs))
-            self._enter(component, stage)
-            return args, kwargs
-
-        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        self._handles.append(module.register_forward_hook(
-            lambda m, a, o: self.component_exit(component)))
-
-    def _bracket_method(self, module: nn.Module, method: str, component: str, stage: str) -> None:
-        previous = module.__dict__.get(method)
-        original = getattr(module, method)
-
-        @functools.wraps(original)
-        def bracketed(*args: Any, **kwargs: Any) -> Any:
-            self._enter(component, stage)
-            out = original(*args, **kwargs)
-            self.component_exit(component)
-            return out
-
-        setattr(module, method, bracketed)
-
-        def undo() -> None:
-            if previous is None:
-                delattr(module, method)
-            else:
-                setattr(module, method, previous)
-        self._undo.append(undo)
-
-    def _pin_timesteps_to_cpu(self, scheduler: Any) -> None:
-        original = scheduler.set_timesteps
-
-        # `wraps` keeps the signature: pipelines inspect it for `sigmas` / `mu` support.
-        @functools.wraps(original)
-        def on_cpu(*args: Any, **kwargs: Any) -> Any:
-            kwargs["device"] = "cpu"
-            return original(*args, **kwargs)
-
-        scheduler.set_timesteps = on_cpu
-        self._undo.append(lambda: delattr(scheduler, "set_timesteps"))
 
     def close(self) -> None:
-        self.finish()
+        self.bridge.close()
         super().close()
         self._handles.clear()
-        while self._undo:
-            self._undo.pop()()
 
     def __enter__(self) -> DiffusersRecorder:
         return self
@@ -200,35 +114,12 @@ class DiffusersRecorder(Recorder):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- stages and steps ---------------------------------------------------------------------
-    def _enter(self, component: str, stage: str) -> None:
-        if stage != self.stage:
-            if self.stage:
-                self.stage_exit(self.stage)
-            self.stage_enter(stage)
-            if stage == "denoise":
-                self.step(0)
-        self.component_enter(component)
-
-    def on_step_end(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        """`callback_on_step_end`: the calls that follow belong to the next step."""
-        self.step(step + 1)
-        return {}
-
-    def finish(self) -> None:
-        """End the stage in progress (the recording's last); `close()` calls it too."""
-        if self.stage:
-            self.stage_exit(self.stage)
-            self.stage = ""
-
 
 def uses(model: EngineModel, stages: tuple[str, ...]) -> list[ComponentUse]:
     """Each stage's component uses, in call order (phase = order within the stage)."""
     out = []
     for stage in stages:
-        names = [r.name for r in model.components
-                 if (r.kind == "vae" and stage in _VAE_STAGES.values())
-                 or STAGE_OF_KIND.get(r.kind) == stage]
+        names = [r.name for r in model.components if stage in stages_of(r.kind)]
         out += [ComponentUse(stage, name, phase=i) for i, name in enumerate(names)]
     return out
 
