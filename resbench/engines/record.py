@@ -136,7 +136,6 @@ def schedule_from(recorder: DiffusersRecorder, model: EngineModel, units: dict[s
                     component_kinds=tuple((r.name, r.kind) for r in model.components))
 
 
-
 def record_pipeline(pipe: Any, model: EngineModel, request: Request, *,
                     scale: float = 1.0) -> Schedule:
     """Record `request` on a meta-built pipeline of `model` (see `build_pipeline`).
