@@ -1,0 +1,158 @@
+"""Drive resbench's `PipelineHooks` from a diffusers pipeline that knows nothing about them.
+
+The zoo's `Pipeline` calls `stage_enter`, `step`, `component_enter` … itself. A diffusers
+pipeline runs its own `__call__`, so `PipelineHookBridge` derives the same callbacks from
+removable hooks on its real modules:
+
+* a forward pre/post hook on every text encoder and DiT: the component's entry and exit;
+* a wrapper on the VAE's `decode` and `encode` methods (the pipeline calls those, not
+  `forward`);
+* `on_step_end`, to pass as the pipeline's `callback_on_step_end`: the step index.
+
+Stages follow from the component entered: a text encoder → `text_encode`, a DiT →
+`denoise` (entering it starts step 0), VAE encode → `image_encode`, VAE decode → `decode`.
+Block-level hooks are the caller's (the recorder installs its own).
+
+On meta two more things are needed, and installed only then. The scheduler's timesteps
+must stay real (the pipeline compares them with the expert boundary, the scheduler indexes
+with them), so `set_timesteps` is pinned to the CPU; the timestep tensor the pipeline then
+hands its transformer is a CPU tensor, moved to the component's device on entry.
+
+`close()` removes every hook, wrapper and pin: the pipeline is as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from resbench.engines.catalog import STAGE_OF_KIND, EngineModel
+from resbench.pipeline import PipelineHooks
+
+VAE_STAGES = {"encode": "image_encode", "decode": "decode"}
+
+
+def stages_of(kind: str) -> tuple[str, ...]:
+    """The stages a component of `kind` is called in."""
+    return tuple(VAE_STAGES.values()) if kind == "vae" else (STAGE_OF_KIND[kind],)
+
+
+def _on_meta(pipe: Any, model: EngineModel) -> bool:
+    return any(next(getattr(pipe, r.name).parameters()).is_meta for r in model.components)
+
+
+class PipelineHookBridge:
+    """Calls `hooks`' stage, step and component callbacks while `pipe` runs (module doc)."""
+
+    def __init__(self, pipe: Any, model: EngineModel, hooks: PipelineHooks) -> None:
+        self.hooks = hooks
+        self.stage = ""
+        self._handles: list[Any] = []
+        self._undo: list[Callable[[], None]] = []
+        meta = _on_meta(pipe, model)
+        for role in model.components:
+            module = getattr(pipe, role.name)
+            if role.kind == "vae":
+                for method, stage in VAE_STAGES.items():
+                    self._bracket_method(module, method, role.name, stage)
+            else:
+                self._bracket_forward(module, role.name, STAGE_OF_KIND[role.kind], align=meta)
+        if meta:
+            self._pin_timesteps_to_cpu(pipe.scheduler)
+
+    # -- callbacks -----------------------------------------------------------------------------
+    def _enter(self, component: str, stage: str) -> None:
+        if stage != self.stage:
+            if self.stage:
+                self.hooks.stage_exit(self.stage)
+            self.stage = stage
+            self.hooks.stage_enter(stage)
+            if stage == "denoise":
+                self.hooks.step(0)
+        self.hooks.component_enter(component)
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """`callback_on_step_end`: the calls that follow belong to the next step."""
+        self.hooks.step(step + 1)
+        return {}
+
+    def finish(self) -> None:
+        """End the stage in progress (the run's last); `close()` calls it too."""
+        if self.stage:
+            self.hooks.stage_exit(self.stage)
+            self.stage = ""
+
+    # -- installing and removing --------------------------------------------------------------
+    def _bracket_forward(self, module: nn.Module, component: str, stage: str, *, align: bool) -> None:
+        device = next(module.parameters()).device
+
+        def move(x: Any) -> Any:
+            return x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x
+
+        def pre(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+            if align:
+                args, kwargs = tree_map(move, (args, kwargs))
+            self._enter(component, stage)
+            return args, kwargs
+
+        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(
+            lambda m, a, o: self.hooks.component_exit(component)))
+
+    def _bracket_method(self, module: nn.Module, method: str, component: str, stage: str) -> None:
+        previous = module.__dict__.get(method)
+        original = getattr(module, method)
+
+        @functools.wraps(original)
+        def bracketed(*args: Any, **kwargs: Any) -> Any:
+            self._enter(component, stage)
+            out = original(*args, **kwargs)
+            self.hooks.component_exit(component)
+            return out
+
+        setattr(module, method, bracketed)
+        self.on_close(lambda: restore_attribute(module, method, previous))
+
+    def _pin_timesteps_to_cpu(self, scheduler: Any) -> None:
+        original = scheduler.set_timesteps
+        previous = scheduler.__dict__.get("set_timesteps")
+
+        # `wraps` keeps the signature: pipelines inspect it for `sigmas` / `mu` support.
+        @functools.wraps(original)
+        def on_cpu(*args: Any, **kwargs: Any) -> Any:
+            kwargs["device"] = "cpu"
+            return original(*args, **kwargs)
+
+        scheduler.set_timesteps = on_cpu
+        self.on_close(lambda: restore_attribute(scheduler, "set_timesteps", previous))
+
+    def on_close(self, undo: Callable[[], None]) -> None:
+        """Run `undo` at `close()` (last registered, first run)."""
+        self._undo.append(undo)
+
+    def close(self) -> None:
+        self.finish()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        while self._undo:
+            self._undo.pop()()
+
+    def __enter__(self) -> PipelineHookBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def restore_attribute(obj: object, name: str, previous: object | None) -> None:
+    """Undo an instance attribute set over a class attribute (or over `previous`)."""
+    if previous is None:
+        delattr(obj, name)
+    else:
+        setattr(obj, name, previous)
