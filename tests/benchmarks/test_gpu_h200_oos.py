@@ -1,12 +1,17 @@
-"""benchmarks/gpu_h200_oos.py: the report's arithmetic on hand examples."""
+"""benchmarks/gpu_h200_oos.py: the report's arithmetic on hand examples, and `measure`'s
+plumbing run on the CPU device on three of the committed pairs."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from benchmarks.gpu_fidelity_report import kendall_tau
-from benchmarks.gpu_h200_oos_report import goals, joined, ordered_pairs, ordering
+from benchmarks.gpu_h200_oos import PREDICTIONS, ROOT, main
+from benchmarks.gpu_h200_oos_report import goals, joined, ordered_pairs, ordering, write_report
 
 
 def test_kendall_tau_b_by_hand() -> None:
@@ -51,3 +56,35 @@ def test_joined_errors_fit_agreement_and_goals() -> None:
     g = goals(f, order).set_index("goal")
     assert g.loc["median |latency error| %", "value"] == pytest.approx(5.0)
     assert g.met.tolist() == [False, False, True, True]  # median 5, max 10, peak 2 %, 2 / 2
+
+
+@pytest.mark.slow
+def test_measure_dry_run_on_the_cpu_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the schedule cache (runs/schedules) goes here
+    committed = pd.read_csv(ROOT / PREDICTIONS)
+    fits = "flux.1-dev-1024x1024x1s8-full-all-resident"  # budget None: the whole device
+    no_fit = "wan2.2-480x832x17s4-48GB-all-resident"  # 69 GB of weights under 48 GB
+    tuned = committed[(committed.model == "flux.1-dev")
+                      & committed.plan_source.str.endswith(".toml")].pair_id.iloc[0]
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["measure", "--device", "cpu", "--predictions", str(tmp_path / "none.csv"),
+              "--out", str(tmp_path)])
+
+    main(["measure", "--device", "cpu", "--scale", "0.02", "--out", str(tmp_path / "out"),
+          "--pairs", ",".join([no_fit, tuned, fits])])
+    rows = {r["pair_id"]: r for r in csv.DictReader((tmp_path / "out" /
+                                                      "gpu_h200_oos_measured.csv").open())}
+    in_file = [p for p in committed.pair_id if p in (no_fit, tuned, fits)]
+    assert list(rows) == in_file and in_file[-1] == no_fit  # by model, in the file's order
+    assert rows[fits]["status"] == "ok", rows[fits]["message"]
+    assert float(rows[fits]["latency_s"]) > 0 and int(rows[fits]["peak_allocated_bytes"]) > 0
+    assert all(r["request_run"].startswith("32x32") and r["schedule"] for r in rows.values())
+    assert rows[no_fit]["status"] == "no_fit"
+    assert rows[no_fit]["failure"] == "DoesNotFitError"
+    # a tuned plan read from its committed file ran; at scale 0.02 it may or may not fit
+    assert rows[tuned]["status"] in ("ok", "no_fit"), rows[tuned]["message"]
+
+    out = write_report(ROOT / PREDICTIONS, tmp_path / "out" / "gpu_h200_oos_measured.csv",
+                       tmp_path / "report.md")
+    text = out.read_text()
+    assert "out of sample" in text and f"| {no_fit} |" in text and "not run" in text
