@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resbench.errors import InputError
+from resbench.fileio import dumps_json
 from resbench.units import parse_bytes
 
 stderr = Console(stderr=True)
@@ -63,23 +63,17 @@ def request_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def force_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing run folder whole (never mixed with the new "
+                             "run's files).")(f)
+
+
 REQUEST_KEYS = ("height", "width", "frames", "steps", "cfg", "cfg_mode", "batch", "seed")
 
 
 def request_overrides(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs.get(k) for k in REQUEST_KEYS if kwargs.get(k) is not None}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
-def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
 def emit(
@@ -89,12 +83,15 @@ def emit(
     tables: Sequence[tuple[str, pd.DataFrame]] = (),
     lines: Sequence[str] = (),
 ) -> None:
-    """Render a result: JSON on stdout (data + tables as records), or lines + rich tables."""
+    """Render a result: JSON on stdout (data + tables as records), or lines + rich tables.
+
+    The JSON is strict (RFC 8259): NaN and infinities, which `json.dumps` would write as the
+    bare words NaN/Infinity that most parsers reject, are null."""
     if as_json:
         doc = dict(data)
         for title, frame in tables:
-            doc[title] = frame_records(frame)
-        click.echo(json.dumps(doc, indent=2, default=str))
+            doc[title] = frame
+        click.echo(dumps_json(doc, indent=2))
         return
     console = Console() if Console().is_terminal else Console(width=200)
     for line in lines:
