@@ -45,18 +45,33 @@ def model_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Model name or alias (see `resbench models`).")(f)
 
 
+MAX_PIXELS_PER_SIDE = 16384
+MAX_FRAMES = 1025
+MAX_STEPS = 1000
+"""Flow-matching and DDPM schedules are defined on 1000 training timesteps."""
+MAX_BATCH = 64
+
+
 def request_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--height --width --frames --steps --guidance --cfg/--no-cfg --cfg-mode --batch --seed."""
+    """--height --width --frames --steps --guidance --cfg/--no-cfg --cfg-mode --batch --seed.
+
+    Sizes are bounded so that an absurd request (a typo such as --steps 100000000) is a
+    usage error at once instead of hours of recording or an out-of-memory crash."""
     opts = [
         click.option("--seed", type=int, default=None, help="Request seed."),
-        click.option("--batch", type=int, default=None, help="Batch size (default 1)."),
+        click.option("--batch", type=click.IntRange(1, MAX_BATCH), default=None,
+                     help="Batch size (default 1)."),
         click.option("--cfg-mode", type=click.Choice(["sequential", "batched"]), default=None,
                      help="CFG as two passes per step or one batch of two."),
         click.option("--cfg/--no-cfg", default=None, help="Classifier-free guidance on/off."),
-        click.option("--steps", type=int, default=None, help="Denoising steps."),
-        click.option("--frames", type=int, default=None, help="Frames (video models)."),
-        click.option("--width", type=int, default=None, help="Width in pixels."),
-        click.option("--height", type=int, default=None, help="Height in pixels."),
+        click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=None,
+                     help="Denoising steps."),
+        click.option("--frames", type=click.IntRange(1, MAX_FRAMES), default=None,
+                     help="Frames (video models)."),
+        click.option("--width", type=click.IntRange(1, MAX_PIXELS_PER_SIDE), default=None,
+                     help="Width in pixels."),
+        click.option("--height", type=click.IntRange(1, MAX_PIXELS_PER_SIDE), default=None,
+                     help="Height in pixels."),
     ]
     for opt in opts:
         f = opt(f)

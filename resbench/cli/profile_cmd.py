@@ -8,6 +8,7 @@ import click
 import pandas as pd
 
 from resbench.analysis import stage_breakdown
+from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
     emit,
@@ -34,7 +35,8 @@ from resbench.units import describe_bytes, format_bytes
 @click.option("--device", type=click.Choice(["auto", "sim", "cuda", "cpu"]), default="auto",
               help="auto: the GPU if there is one, else the simulator.")
 @click.option("--hardware", default=None, help="Hardware preset or profile TOML (default: detect, else h100-80g).")
-@click.option("--scale", type=float, default=1.0, help="Shrink the model (tests, --device cpu).")
+@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
+              help="Shrink the model (tests, --device cpu).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder: events, plan, schedule, Chrome trace (default runs/<model>-<device>-<plan>).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
@@ -49,18 +51,16 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
 
     The run folder is written whole or not at all; an existing run there is replaced only
     with --force."""
-    if device == "auto":
-        import torch
-
-        if not torch.cuda.is_available():
-            stderr.print("no GPU found: using the simulator (--device sim)")
-        device = "cuda" if torch.cuda.is_available() else "sim"
+    device = preflight.device(device, note=stderr.print)
     if budget is not None:
         stderr.print(f"budget {describe_bytes(budget)}")
     request = request_overrides(kwargs)
+    preflight.request_size(model, request)
+    preflight.plan_matches_model(plan, model, scale=scale)
     out_dir = out_dir or _default_out_dir(model, device, plan)
     report_path = report_path or Path("reports") / f"{out_dir.name}.html"
     check_run_dir(out_dir, force=force)
+    preflight.outputs(report=report_path)
     res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
                       scale=scale, **request)
     paths = write_outputs(res, out_dir, report_path, force=force)
