@@ -21,12 +21,18 @@ error that says which version was found.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import gzip
 import io
 import json
+import logging
 import platform
+import shutil
 import tomllib
+import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from resbench.errors import InputError
+from resbench.fileio import PARTIAL, check_output_dir, dumps_json, install_dir, partial_name
 from resbench.hardware import HardwareProfile, get_profile, profile_dict
 from resbench.models.base import UnitInfo
 from resbench.residency.plan import Plan, plan_from_dict
@@ -47,6 +54,7 @@ PLAN_FILE = "plan.toml"
 SCHEDULE_FILE = "schedule.json.gz"
 _STR_COLUMNS = ("kind", "component", "unit", "stage", "stream", "reason")
 _INT_COLUMNS = ("step", "bytes", "flops", "device_bytes", "pinned_bytes")
+logger = logging.getLogger(__name__)
 _VERSIONED = ("resbench", "torch", "pandas", "numpy", "optuna", "matplotlib", "pyarrow")
 
 
@@ -123,8 +131,14 @@ def _from_profile_result(res: Any) -> dict[str, Any]:
     }
 
 
-def save_run(path: str | Path, source: Any = None, /, **fields: Any) -> dict[str, Path]:
-    """Write a run directory at `path` (created; an existing run there is replaced).
+def save_run(path: str | Path, source: Any = None, /, *, force: bool = False,
+             **fields: Any) -> dict[str, Path]:
+    """Write a run directory at `path`; see `check_run_dir` for what may already be there
+    (`force`: replace an existing run whole).
+
+    The run is written into a hidden sibling folder and renamed to `path` once complete, so
+    a crash leaves no folder that `load_run` would take for a run (only a
+    ``.NAME.<pid>-<token>.partial`` folder beside it, safe to delete).
 
     Either pass a `ProfileResult` as `source` (what `resbench profile` returns), or the
     fields as keywords (keywords also override `source`'s):
@@ -150,11 +164,43 @@ def save_run(path: str | Path, source: Any = None, /, **fields: Any) -> dict[str
     if missing:
         raise TypeError(f"save_run: missing fields {missing}")
     out = Path(path)
+    check_run_dir(out, force=force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(out, keep_suffix=False)
+    tmp.mkdir()
+    try:
+        names = _write_run_files(tmp, args, name=args.get("name") or out.name)
+        install_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"run": out, **{key: out / name for key, name in names.items()}}
+
+
+def check_run_dir(path: str | Path, *, force: bool = False) -> None:
+    """Raise `InputError` unless a run can be written at `path`: a new or empty folder, or
+    (with `force`) a folder holding a run, which is then replaced whole. A run is never
+    mixed into a folder that holds other files, and a folder that holds files but no run
+    is never deleted, even with `force`."""
+    out = Path(path)
     if out.exists() and not out.is_dir():
-        raise InputError(f"run path {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).exists():
-        raise InputError(f"run path {str(out)!r} is a non-empty directory that holds no run")
-    out.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"run folder {str(out)!r} is a file; give a new folder for --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_run(out):
+            raise InputError(f"run folder {str(out)!r} holds files but no run; resbench does "
+                             f"not delete them even with --force: choose a new folder for --out")
+        if not force:
+            raise InputError(f"run folder {str(out)!r} already holds a run; pass --force to "
+                             f"replace it whole, or choose a new folder for --out")
+    check_output_dir(out.parent, what="run folder")
+    leftovers = sorted(out.parent.glob(f".{glob.escape(out.name)}.*{PARTIAL}"))
+    if leftovers:
+        logger.warning(f"{str(leftovers[0])!r}: a run left unfinished by an interrupted save "
+                       f"(not a run; safe to delete)")
+
+
+def _write_run_files(folder: Path, args: dict[str, Any], *, name: str) -> dict[str, str]:
+    """The run's files in `folder`; returns their names by key (meta, plan, events...)."""
     events = args["events"]
     frame = events.frame() if isinstance(events, Tracer) else events
     parquet = args.get("parquet")
@@ -164,24 +210,23 @@ def save_run(path: str | Path, source: Any = None, /, **fields: Any) -> dict[str
             parquet = True
         except ImportError:
             parquet = False
-    for stale in ("events.parquet", "events.csv.gz", SCHEDULE_FILE):
-        (out / stale).unlink(missing_ok=True)
-    paths = {"run": out, "meta": out / META_FILE, "plan": out / PLAN_FILE}
-    paths["events"] = out / ("events.parquet" if parquet else "events.csv.gz")
+    names = {"meta": META_FILE, "plan": PLAN_FILE,
+             "events": "events.parquet" if parquet else "events.csv.gz"}
     if parquet:
-        to_parquet(frame, str(paths["events"]), meta={"schema": SCHEMA})
+        to_parquet(frame, str(folder / names["events"]), meta={"schema": SCHEMA})
     else:
-        frame.to_csv(paths["events"], index=False, compression={"method": "gzip", "mtime": 0})
+        frame.to_csv(folder / names["events"], index=False,
+                     compression={"method": "gzip", "mtime": 0})
     schedule = args.get("schedule")
     if schedule is not None:
-        paths["schedule"] = out / SCHEDULE_FILE
-        _write_gz_json(paths["schedule"], schedule_to_dict(schedule))
-    paths["plan"].write_text(args["plan"].to_toml())
+        names["schedule"] = SCHEDULE_FILE
+        _write_gz_json(folder / SCHEDULE_FILE, schedule_to_dict(schedule))
+    (folder / PLAN_FILE).write_text(args["plan"].to_toml())
     profile = args["profile"]
     created = args.get("created")
     doc = {
         "schema": SCHEMA,
-        "name": args.get("name") or out.name,
+        "name": name,
         "created": created if created is not None else datetime.now(UTC).isoformat(timespec="seconds"),
         "device": args.get("device", "sim"),
         "model": args["model"],
@@ -191,39 +236,50 @@ def save_run(path: str | Path, source: Any = None, /, **fields: Any) -> dict[str
         "result": _plain(args["result"]),
         "schedule_summary": schedule_summary(schedule) if schedule is not None else {},
         "versions": versions(),
-        "events_file": paths["events"].name,
+        "events_file": names["events"],
         "extra": dict(args.get("extra") or {}),
     }
-    paths["meta"].write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    return paths
+    # Strict JSON: a result without a value (NaN, e.g. no H2D peak on the CPU device) is null.
+    (folder / META_FILE).write_text(dumps_json(doc, indent=2, sort_keys=True) + "\n")
+    return names
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory (or its ``run.json``) written by `save_run`."""
+    """Read a run directory (or its ``run.json``) written by `save_run`; `InputError` naming
+    the file when a file is missing, damaged (truncated, not JSON/gzip/Parquet) or of
+    another schema."""
     p = Path(path)
     root = p.parent if p.name == META_FILE else p
     meta_path = root / META_FILE
+    if is_unfinished(root):
+        raise InputError(f"{str(root)!r} is a run left unfinished by an interrupted save, not "
+                         f"a run; delete it")
     if not meta_path.is_file():
         raise InputError(f"{str(p)!r} is not a run: no {META_FILE} in {str(root)!r}")
     try:
         doc = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{meta_path}: not valid JSON: {exc}") from None
-    schema = doc.get("schema")
-    if schema != SCHEMA:
-        raise InputError(f"{meta_path}: run schema {schema!r} found; this resbench reads "
-                         f"schema {SCHEMA}")
-    events_path = root / doc.get("events_file", "events.parquet")
-    if not events_path.is_file():
-        raise InputError(f"run {str(root)!r}: events file {events_path.name} is missing")
-    events = read_events(events_path)
+    if not isinstance(doc, dict):
+        raise InputError(f"{meta_path}: not a run description (a JSON object)")
+    _check_schema(doc.get("schema"), meta_path, "run")
+    events_path = root / str(doc.get("events_file", "events.parquet"))
+    plan_path = root / PLAN_FILE
+    for needed in (events_path, plan_path):
+        if not needed.is_file():
+            raise InputError(f"run {str(root)!r}: {needed.name} is missing; the run is "
+                             f"incomplete (profile it again with --force)")
+    with _reading(events_path):
+        events = read_events(events_path)
     schedule = None
     if (root / SCHEDULE_FILE).is_file():
-        with gzip.open(root / SCHEDULE_FILE, "rt") as fh:
-            schedule = schedule_from_dict(json.load(fh))
+        with _reading(root / SCHEDULE_FILE), gzip.open(root / SCHEDULE_FILE, "rt") as fh:
+            schedule = schedule_from_dict(json.load(fh), source=str(root / SCHEDULE_FILE))
+    with _reading(plan_path):
+        plan_toml = plan_path.read_text()
     return Run(
         name=doc.get("name", root.name), events=events, model=doc.get("model", ""),
-        request=doc.get("request", {}), plan_toml=(root / PLAN_FILE).read_text(),
+        request=doc.get("request", {}), plan_toml=plan_toml,
         profile=doc.get("profile", {}), result=doc.get("result", {}),
         device=doc.get("device", "sim"), capacity_bytes=doc.get("capacity_bytes"),
         schedule_summary=doc.get("schedule_summary", {}), versions=doc.get("versions", {}),
@@ -231,14 +287,47 @@ def load_run(path: str | Path) -> Run:
     )
 
 
+def _check_schema(found: Any, path: Path | str, what: str) -> None:
+    if found != SCHEMA:
+        raise InputError(f"{path}: {what} schema {found!r} found; this resbench reads "
+                         f"{what} schema {SCHEMA}")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the many ways a damaged file fails to parse into one `InputError` naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: damaged or truncated ({reason}); the run cannot be read, "
+                         f"profile it again with --force") from None
+
+
 def is_run(path: str | Path) -> bool:
     p = Path(path)
-    return (p / META_FILE).is_file() or (p.name == META_FILE and p.is_file())
+    root = p.parent if p.name == META_FILE else p
+    return (root / META_FILE).is_file() and not is_unfinished(root)
+
+
+def is_unfinished(path: str | Path) -> bool:
+    """Whether `path` is `save_run`'s temporary folder: not a run, though it may hold every
+    file, run.json included, when the save was stopped just before the rename that
+    completes it."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(PARTIAL)
 
 
 def read_events(path: Path) -> pd.DataFrame:
     """Events back as the tracer wrote them: `COLUMNS`, strings '' not NaN, ints as int64."""
     if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        meta = (pq.read_schema(path).metadata or {}).get(b"resbench")
+        if meta is not None:
+            _check_schema(json.loads(meta).get("schema"), path, "events")
         frame = pd.read_parquet(path)
     else:
         frame = pd.read_csv(path, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=False,
@@ -293,7 +382,9 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     }
 
 
-def schedule_from_dict(doc: dict[str, Any]) -> Schedule:
+def schedule_from_dict(doc: dict[str, Any], *, source: str = "schedule") -> Schedule:
+    _check_schema(doc.get("schema"), source, "schedule")
+
     def rows(cols: dict[str, list[Any]], cls: type) -> tuple[Any, ...]:
         names = list(cols)
         return tuple(cls(**dict(zip(names, vals, strict=True))) for vals in zip(*cols.values(), strict=True))

@@ -7,6 +7,7 @@ Inside resbench every size is an `int` of bytes. SI suffixes are powers of 1000
 
 from __future__ import annotations
 
+import math
 import re
 
 from resbench.errors import InputError
@@ -16,14 +17,14 @@ _SI = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10*
 _IEC = {"KI": 2**10, "KIB": 2**10, "MI": 2**20, "MIB": 2**20, "GI": 2**30, "GIB": 2**30,
         "TI": 2**40, "TIB": 2**40}
 _FACTORS = {**_SI, **_IEC}
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_bytes(text: str | int | float, *, what: str = "size", allow_zero: bool = False) -> int:
     """Parse a size such as `48GB`, `48 GiB`, `1.5GiB`, `48e9` or `1024` into bytes.
 
     Raises `InputError` naming `what` and the accepted forms when the text is not a size,
-    is negative, or is zero (unless `allow_zero`).
+    is not finite (`1e400`), is negative, or is zero (unless `allow_zero`).
     """
     if isinstance(text, bool):
         raise InputError(f"{what}: expected a size such as 48GB or 44.7GiB, got {text!r}")
@@ -41,6 +42,8 @@ def parse_bytes(text: str | int | float, *, what: str = "size", allow_zero: bool
             )
         value = float(match.group(1))
         factor = _FACTORS[suffix]
+    if not math.isfinite(value):
+        raise InputError(f"{what}: {text!r} is not a finite size; use e.g. 48GB or 44.7GiB")
     if value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"{what}: must be {'≥' if allow_zero else '>'} 0, got {text!r}")
     return int(round(value * factor))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from resbench.calibrate import calibrate
+from resbench.cli import preflight
 from resbench.cli.common import emit, json_option, stderr
 from resbench.hardware import profile_dict, profile_frame
 
@@ -21,6 +22,7 @@ from resbench.hardware import profile_dict, profile_frame
 @json_option
 def command(out: Path, quick: bool, base: str | None, as_json: bool) -> None:
     """Measure copy bandwidths, compute rates and overheads of this machine's CUDA GPU."""
+    preflight.outputs(out=out)
     stderr.print(f"calibrating{' (quick)' if quick else ''}: about 15 s", highlight=False)
     profile = calibrate(out, base_profile=base, quick=quick)
     frame = profile_frame(profile)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resbench.errors import InputError
+from resbench.fileio import dumps_json
 from resbench.units import parse_bytes
 
 stderr = Console(stderr=True)
@@ -45,22 +45,43 @@ def model_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Model name or alias (see `resbench models`).")(f)
 
 
+MAX_PIXELS_PER_SIDE = 16384
+MAX_FRAMES = 1025
+MAX_STEPS = 1000
+"""Flow-matching and DDPM schedules are defined on 1000 training timesteps."""
+MAX_BATCH = 64
+
+
 def request_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--height --width --frames --steps --guidance --cfg/--no-cfg --cfg-mode --batch --seed."""
+    """--height --width --frames --steps --guidance --cfg/--no-cfg --cfg-mode --batch --seed.
+
+    Sizes are bounded so that an absurd request (a typo such as --steps 100000000) is a
+    usage error at once instead of hours of recording or an out-of-memory crash."""
     opts = [
         click.option("--seed", type=int, default=None, help="Request seed."),
-        click.option("--batch", type=int, default=None, help="Batch size (default 1)."),
+        click.option("--batch", type=click.IntRange(1, MAX_BATCH), default=None,
+                     help="Batch size (default 1)."),
         click.option("--cfg-mode", type=click.Choice(["sequential", "batched"]), default=None,
                      help="CFG as two passes per step or one batch of two."),
         click.option("--cfg/--no-cfg", default=None, help="Classifier-free guidance on/off."),
-        click.option("--steps", type=int, default=None, help="Denoising steps."),
-        click.option("--frames", type=int, default=None, help="Frames (video models)."),
-        click.option("--width", type=int, default=None, help="Width in pixels."),
-        click.option("--height", type=int, default=None, help="Height in pixels."),
+        click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=None,
+                     help="Denoising steps."),
+        click.option("--frames", type=click.IntRange(1, MAX_FRAMES), default=None,
+                     help="Frames (video models)."),
+        click.option("--width", type=click.IntRange(1, MAX_PIXELS_PER_SIDE), default=None,
+                     help="Width in pixels."),
+        click.option("--height", type=click.IntRange(1, MAX_PIXELS_PER_SIDE), default=None,
+                     help="Height in pixels."),
     ]
     for opt in opts:
         f = opt(f)
     return f
+
+
+def force_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing run folder whole (never mixed with the new "
+                             "run's files).")(f)
 
 
 REQUEST_KEYS = ("height", "width", "frames", "steps", "cfg", "cfg_mode", "batch", "seed")
@@ -70,18 +91,6 @@ def request_overrides(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs.get(k) for k in REQUEST_KEYS if kwargs.get(k) is not None}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
-def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
-
-
 def emit(
     data: Mapping[str, Any],
     *,
@@ -89,12 +98,15 @@ def emit(
     tables: Sequence[tuple[str, pd.DataFrame]] = (),
     lines: Sequence[str] = (),
 ) -> None:
-    """Render a result: JSON on stdout (data + tables as records), or lines + rich tables."""
+    """Render a result: JSON on stdout (data + tables as records), or lines + rich tables.
+
+    The JSON is strict (RFC 8259): NaN and infinities, which `json.dumps` would write as the
+    bare words NaN/Infinity that most parsers reject, are null."""
     if as_json:
         doc = dict(data)
         for title, frame in tables:
-            doc[title] = frame_records(frame)
-        click.echo(json.dumps(doc, indent=2, default=str))
+            doc[title] = frame
+        click.echo(dumps_json(doc, indent=2))
         return
     console = Console() if Console().is_terminal else Console(width=200)
     for line in lines:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from resbench.cli import preflight
 from resbench.cli.common import emit, json_option
+from resbench.fileio import atomic_path
 
 
 @click.group("export")
@@ -21,7 +23,7 @@ def command() -> None:
 @click.option("--detail", type=click.Choice(["auto", "all", "ends"]), default="auto",
               help="ends: per-unit events for the first and last denoising step only, the "
                    "others aggregated; auto: ends when the trace would pass --max-events.")
-@click.option("--max-events", type=int, default=1_000_000,
+@click.option("--max-events", type=click.IntRange(min=1), default=1_000_000,
               help="Event budget for --detail auto.")
 @json_option
 def trace(run_dir: Path, out: Path | None, detail: str, max_events: int, as_json: bool) -> None:
@@ -31,9 +33,12 @@ def trace(run_dir: Path, out: Path | None, detail: str, max_events: int, as_json
     from resbench.report.chrome_trace import run_to_chrome_trace, write_chrome_trace
     from resbench.run import load_run
 
+    preflight.outputs(out=out)
     run = load_run(run_dir)
     doc = run_to_chrome_trace(run, detail=detail, max_events=max_events)
-    path = write_chrome_trace(doc, out or (run.path or run_dir) / "trace.json.gz")
+    path = out or (run.path or run_dir) / "trace.json.gz"
+    with atomic_path(path) as tmp:
+        write_chrome_trace(doc, tmp)
     events = len(doc["traceEvents"])
     emit({"trace": str(path), "events": events, "bytes": path.stat().st_size,
           "detail": doc["resbench"]["detail"]}, as_json=as_json,

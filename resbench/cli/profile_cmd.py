@@ -8,19 +8,23 @@ import click
 import pandas as pd
 
 from resbench.analysis import stage_breakdown
+from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
     emit,
+    force_option,
     json_option,
     model_option,
     request_options,
     request_overrides,
     stderr,
 )
-from resbench.profile import ProfileResult, run_profile
+from resbench.fileio import atomic_path
+from resbench.models.registry import get_model
+from resbench.profile import ProfileResult, resolve_plan, run_profile
 from resbench.report.build import write_report
 from resbench.report.chrome_trace import run_to_chrome_trace, write_chrome_trace
-from resbench.run import load_run, save_run
+from resbench.run import check_run_dir, load_run, save_run
 from resbench.units import describe_bytes, format_bytes
 
 
@@ -31,28 +35,35 @@ from resbench.units import describe_bytes, format_bytes
 @click.option("--device", type=click.Choice(["auto", "sim", "cuda", "cpu"]), default="auto",
               help="auto: the GPU if there is one, else the simulator.")
 @click.option("--hardware", default=None, help="Hardware preset or profile TOML (default: detect, else h100-80g).")
-@click.option("--scale", type=float, default=1.0, help="Shrink the model (tests, --device cpu).")
+@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
+              help="Shrink the model (tests, --device cpu).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder: events, plan, schedule, Chrome trace (default runs/<model>-<device>-<plan>).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
               help="HTML report path (default reports/<run folder name>.html).")
+@force_option
 @request_options
 @json_option
 def command(model: str, plan: str | None, budget: int | None, device: str, hardware: str | None,
-            scale: float, out_dir: Path | None, report_path: Path | None, as_json: bool,
-            **kwargs: object) -> None:
-    """Run one request under one plan and show where its time went."""
-    if device == "auto":
-        import torch
+            scale: float, out_dir: Path | None, report_path: Path | None, force: bool,
+            as_json: bool, **kwargs: object) -> None:
+    """Run one request under one plan and show where its time went.
 
-        if not torch.cuda.is_available():
-            stderr.print("no GPU found: using the simulator (--device sim)")
+    The run folder is written whole or not at all; an existing run there is replaced only
+    with --force."""
+    device = preflight.device(device, note=stderr.print)
     if budget is not None:
         stderr.print(f"budget {describe_bytes(budget)}")
+    request = request_overrides(kwargs)
+    preflight.request_size(model, request)
+    preflight.plan_matches_model(plan, model, scale=scale)
+    out_dir = out_dir or _default_out_dir(model, device, plan)
+    report_path = report_path or Path("reports") / f"{out_dir.name}.html"
+    check_run_dir(out_dir, force=force)
+    preflight.outputs(report=report_path)
     res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
-                      scale=scale, **request_overrides(kwargs))
-    out_dir = out_dir or Path("runs") / f"{res.model}-{res.device}-{res.plan.name}"
-    paths = write_outputs(res, out_dir, report_path)
+                      scale=scale, **request)
+    paths = write_outputs(res, out_dir, report_path, force=force)
     r = res.request
     achieved = _achieved_h2d(res)
     data = {
@@ -94,11 +105,22 @@ def _stage_table(res: ProfileResult) -> pd.DataFrame:
     return table[[c for c in cols if c in table.columns]]
 
 
-def write_outputs(res: ProfileResult, out_dir: Path, report: Path | None) -> dict[str, Path]:
-    """The run folder (events, plan, schedule, results), its Chrome trace and HTML report."""
-    paths = save_run(out_dir, res)
+def _default_out_dir(model: str, device: str, plan: str | None) -> Path:
+    """runs/<model>-<device>-<plan>, known before the run so that it is checked first."""
+    return Path("runs") / f"{get_model(model).name}-{device}-{resolve_plan(plan).name}"
+
+
+def write_outputs(res: ProfileResult, out_dir: Path, report: Path | None, *,
+                  force: bool = False) -> dict[str, Path]:
+    """The run folder (events, plan, schedule, results), its Chrome trace and HTML report,
+    each written atomically."""
+    paths = save_run(out_dir, res, force=force)
     run = load_run(out_dir)
-    paths["chrome_trace"] = write_chrome_trace(run_to_chrome_trace(run), out_dir / "trace.json.gz")
+    with atomic_path(out_dir / "trace.json.gz") as tmp:
+        write_chrome_trace(run_to_chrome_trace(run), tmp)
+    paths["chrome_trace"] = out_dir / "trace.json.gz"
     report = report or Path("reports") / f"{out_dir.name}.html"
-    paths["report"] = write_report(report, runs=[run])
+    with atomic_path(report) as tmp:
+        write_report(tmp, runs=[run])
+    paths["report"] = report
     return paths

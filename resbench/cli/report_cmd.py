@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from resbench.cli import preflight
 from resbench.cli.common import emit, json_option, stderr
 from resbench.errors import InputError
+from resbench.fileio import atomic_path
 
 
 def _slug(text: str) -> str:
@@ -30,11 +32,12 @@ def command(sources: tuple[str, ...], out: Path | None, study_name: str | None,
     studies (sqlite:///sweeps/x.db, a .db file or a journal .log). Several runs are compared
     side by side. The page works offline and embeds its numbers as JSON."""
     from resbench.report.build import write_report
-    from resbench.run import is_run, load_run
+    from resbench.run import is_run, is_unfinished, load_run
 
+    preflight.outputs(out=out)  # before anything is loaded
     runs, studies = [], []
     for source in sources:
-        if is_run(source):
+        if is_run(source) or is_unfinished(source):  # load_run says why the latter is not
             runs.append(load_run(source))
             continue
         from resbench.report.study import is_study_source, load_studies
@@ -48,8 +51,11 @@ def command(sources: tuple[str, ...], out: Path | None, study_name: str | None,
         names = [r.name for r in runs] + [s.study_name for s in studies]
         stem = _slug(names[0]) if len(names) == 1 else _slug("-vs-".join(names[:3]))
         out = Path("reports") / f"{stem}.html"
+        preflight.outputs(out=out)
     stderr.print(f"building the report of {len(runs)} run(s) and {len(studies)} study(ies)")
-    path = write_report(out, runs, studies, budget_curve=budget_curve)
+    with atomic_path(out) as tmp:
+        write_report(tmp, runs, studies, budget_curve=budget_curve)
+    path = out
     size = path.stat().st_size
     emit({"report": str(path), "bytes": size, "runs": [r.name for r in runs],
           "studies": [s.study_name for s in studies]}, as_json=as_json,

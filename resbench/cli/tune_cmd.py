@@ -17,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
     emit,
@@ -26,6 +27,7 @@ from resbench.cli.common import (
     request_overrides,
     stderr,
 )
+from resbench.fileio import atomic_path, atomic_write_text
 from resbench.tune import TuneInterrupted, TuneOptions, tune
 from resbench.tune.study import OBJECTIVES, SAMPLERS, default_storage
 from resbench.units import format_bytes
@@ -99,7 +101,7 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 @click.option("--presets", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder of preset plans to compare against and to try first "
                    "[default: strategies/presets].")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
               help="Shrink the model (tests).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="HTML report of the study [default: reports/<study>.html].")
@@ -116,12 +118,18 @@ def command(model: str, budget: int, host_budget: int | None,
 
     Rerunning the same command resumes the study; two processes on one storage share it.
     """
+    preflight.outputs(out=out, report=None if no_report else report_path)
+    # The default files are named after the study, known later; their folders are known now.
+    preflight.folders(out=None if out else "strategies",
+                      report=None if no_report or report_path else "reports")
+    request = request_overrides(kwargs)
+    preflight.request_size(model, request)
     options = TuneOptions(
         model=model, budget_bytes=budget, host_budget_bytes=host_budget, hardware=hardware,
         sweep=sweep, n_trials=n_trials, timeout_s=timeout, sampler=sampler,
         objectives=objectives, seed=seed, storage=storage, study_name=study_name,
         device=device, validate=validate, presets_dir=presets, scale=scale,  # type: ignore[arg-type]
-        request=request_overrides(kwargs))
+        request=request)
 
     def log(line: str) -> None:
         stderr.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -137,7 +145,7 @@ def command(model: str, budget: int, host_budget: int | None,
         # SystemExit, not ctx.exit: `main` runs click with standalone_mode=False, which turns
         # click's Exit into a return value it does not pass on
         sys.exit(130)
-    path = result.save_plan(out)
+    path = atomic_write_text(out or result.default_out_path(), result.plan_toml())
     best = result.best
     data = {**result.to_dict(), "out": str(path)}
     lines = [
@@ -170,7 +178,9 @@ def write_study_report(study_name: str, storage: str, path: Path) -> Path:
     from resbench.tune.study import open_storage
 
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    return write_report(path, studies=[study])
+    with atomic_path(path) as tmp:
+        write_report(tmp, studies=[study])
+    return path
 
 
 # `request_options` brings the request's --seed, which changes no timing; `--seed` here seeds

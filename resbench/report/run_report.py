@@ -141,7 +141,7 @@ def budget_notes(curve: pd.DataFrame, this: str, budget: int | None) -> list[str
 
 
 def _budget_section(run: Run, sid: str) -> tuple[Section | None, pd.DataFrame | None]:
-    if run.schedule is None:
+    if run.schedule is None or "schema" not in run.profile:  # a CPU run has no GPU profile
         return None, None
     profile = profile_from_dict(run.profile, where=f"run {run.name}")
     budgets = default_budgets(run.schedule, profile)

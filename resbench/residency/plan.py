@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
@@ -82,14 +83,26 @@ class Plan:
         table.update(configs)
         return dataclasses.replace(self, components=tuple(table.items()))
 
-    def check_components(self, known: dict[str, str], *, source: str = "plan") -> None:
-        """Raise if the plan names a component the model lacks (`known`: name → kind)."""
+    def check_components(self, known: Mapping[str, str], *, source: str = "plan",
+                         blocks: Mapping[str, int] | None = None) -> None:
+        """Raise if the plan names a component the model lacks (`known`: name → kind), or,
+        given `blocks` (component → block count), keeps more blocks resident than it has."""
         for key, _ in self.components:
             if key not in known and key not in GROUPS:
                 raise InputError(
                     f"{source}: components.{key}: the model has no component {key!r}; "
                     f"components: {', '.join(known)}; groups: {', '.join(GROUPS)}"
                 )
+        entries = dict(self.components)
+        for component, n in (blocks or {}).items():
+            kind = known.get(component, "")
+            cfg = self.config_for(component, kind)
+            wanted = getattr(cfg, "resident_blocks", 0)
+            if wanted > n:
+                key = next(k for k in (component, kind, "default") if k in entries)
+                raise InputError(
+                    f"{source}: components.{key}.resident_blocks = {wanted}, but {component} "
+                    f"has {n} blocks; use 0 to {n}")
 
     # -- TOML ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -123,12 +136,17 @@ def config_to_dict(cfg: StrategyConfig) -> dict[str, Any]:
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan TOML file; errors name the file and the TOML path."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"plan file {str(p)!r} is a folder; give a .toml file")
     if not p.is_file():
         raise InputError(f"plan file {str(p)!r} does not exist")
     try:
         doc = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not valid TOML: {exc}") from None
+    if not doc:
+        raise InputError(f"{p}: the plan is empty; write at least `schema = {SCHEMA}` and a "
+                         f"[components.NAME] table with a `strategy` (see strategies/presets/)")
     return plan_from_dict(doc, source=str(p))
 
 
