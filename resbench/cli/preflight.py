@@ -68,7 +68,7 @@ def plan_matches_model(plan_name: str | None, model: str, *, scale: float) -> No
     as each component has at `scale` (counted on the meta device, only where asked)."""
     from resbench.models.base import build_component, unit_infos
     from resbench.models.registry import get_model
-    from resbench.profile import DEFAULT_PLAN, resolve_plan
+    from resbench.resources import DEFAULT_PLAN, resolve_plan
 
     spec = get_model(model)
     plan = resolve_plan(plan_name)

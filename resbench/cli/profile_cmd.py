@@ -21,9 +21,10 @@ from resbench.cli.common import (
 )
 from resbench.fileio import atomic_path
 from resbench.models.registry import get_model
-from resbench.profile import ProfileResult, resolve_plan, run_profile
+from resbench.profile import ProfileResult, run_profile
 from resbench.report.build import write_report
 from resbench.report.chrome_trace import run_to_chrome_trace, write_chrome_trace
+from resbench.resources import resolve_plan
 from resbench.run import check_run_dir, load_run, save_run
 from resbench.units import describe_bytes, format_bytes
 
