@@ -300,3 +300,12 @@ def test_output_paths_are_checked_before_any_work(
     assert code == 2 and "AssertionError" not in err, err
     assert not (tmp_path / "study.log").exists()  # the study was not even opened
     assert time.perf_counter() - start < 5
+
+
+def test_a_missing_output_folder_is_created_not_refused(
+        capsys: pytest.CaptureFixture[str], work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "t.json"
+    code, _, err = run_cli(capsys, ["export", "trace", str(work / "run"), "-o", str(out)])
+    assert code == 0, err
+    assert json.loads(out.read_text())["traceEvents"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t.json"]  # no temporary left
