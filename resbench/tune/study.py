@@ -9,26 +9,33 @@ storage work on one study::
 Storage: by default `sqlite:///sweeps/<study>.db`; `--storage` takes any optuna storage URL
 (`sqlite:///...`, `postgresql://...`), or a file path ending in `.log` for optuna's
 `JournalStorage(JournalFileBackend(path))` (safest for several processes on one machine),
-or a path ending in `.db` / `.sqlite` / `.sqlite3` for SQLite.
+or a path ending in `.db` / `.sqlite` / `.sqlite3` for SQLite. A journal whose last record
+was cut short by a kill is mended when it is opened (`repair_journal`), before anything is
+appended to it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sqlite3
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from resbench.errors import InputError
+from resbench.fileio import check_output_dir
 from resbench.pipeline import Request
 
+logger = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "random", "nsga2")
 OBJECTIVES = ("latency", "peak-memory")
 _CREATE_RACES = ("already exists", "UNIQUE constraint failed", "database is locked")
@@ -97,9 +104,7 @@ def open_storage(url: str) -> BaseStorage:
     text = str(url).strip()
     try:
         if text.endswith(".log") and "://" not in text:
-            path = Path(text)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return _journal(Path(text))
         if text.endswith((".db", ".sqlite", ".sqlite3")) and "://" not in text:
             text = f"sqlite:///{text}"
         if "://" not in text:
@@ -112,9 +117,109 @@ def open_storage(url: str) -> BaseStorage:
                 Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
                 engine = {"creator": _sqlite_connect(sqlite_path)}
         return _rdb(text, engine)
+    except InputError:
+        raise
     except Exception as exc:  # every driver raises its own errors; the user needs the URL
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot open study storage {redact_url(url)!r}: {reason}") from None
+
+
+def _journal(path: Path) -> JournalStorage:
+    """A journal file, its torn last record (if any) cut off first (`repair_journal`); a
+    record damaged elsewhere is an `InputError` naming its line."""
+    if path.is_dir():
+        raise InputError(f"study storage {str(path)!r} is a folder; give a .log file path")
+    check_output_dir(path.parent, what="--storage")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repair_journal(path)
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except ValueError:  # optuna stops at the first record that is not JSON
+        line = _first_bad_line(path)
+        raise InputError(f"journal {str(path)!r}: line {line} is not a complete record, so "
+                         f"the records after it cannot be trusted; restore the file from a "
+                         f"copy or use a new --storage") from None
+
+
+def repair_journal(path: Path) -> int:
+    """Mend the last record of an optuna journal file if a kill cut it; return the bytes
+    removed.
+
+    optuna appends each record as one JSON line. A process killed during a write (or a full
+    disk) can leave the last line short, without its newline; optuna ignores such a line
+    when it is the last, but the next append is glued to it and from then on the file
+    stops loading at that line. So, under the journal's own lock (a live writer holds it
+    for its whole append: what we see is no write in progress): a last line that is a whole
+    record missing only its newline gets it; a last line that is not a whole record is cut
+    off, its bytes kept in ``<path>.torn``. A warning says which. The records before it are
+    not touched."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))  # the lock JournalFileBackend takes by default
+    lock.acquire()
+    try:
+        with open(path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(size - 1)
+            ended = fh.read(1) == b"\n"
+            start = _line_start(fh, size - 1 if ended else size)
+            fh.seek(start)
+            last = fh.read()
+            whole = _is_record(last)
+            if whole and ended:
+                return 0
+            if whole:  # killed between the record and its newline
+                fh.write(b"\n")
+            else:
+                with open(f"{path}.torn", "ab") as aside:
+                    aside.write(last if ended else last + b"\n")
+                fh.truncate(start)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        lock.release()
+    if whole:
+        logger.warning(f"journal {str(path)!r}: its last record lacked its end of line (a "
+                       f"write interrupted by a kill); added it")
+        return 0
+    logger.warning(f"journal {str(path)!r}: its last record was cut short by an interrupted "
+                   f"write ({len(last)} bytes); removed it and kept the bytes in "
+                   f"{str(path)!r}.torn; the {_count_lines(path)} records before it are intact")
+    return len(last)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _line_start(fh: BinaryIO, end: int, chunk: int = 1 << 16) -> int:
+    """Offset just past the last newline before `end` (0 if there is none)."""
+    while end > 0:
+        start = max(0, end - chunk)
+        fh.seek(start)
+        at = fh.read(end - start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
+
+
+def _first_bad_line(path: Path) -> int:
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                return number
+    return 0
 
 
 def _sqlite_connect(path: str) -> Callable[[], sqlite3.Connection]:
