@@ -9,7 +9,6 @@ result yet) and kills the process then. The other tests drive `resbench.tune.liv
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import socket
@@ -150,10 +149,9 @@ def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(tmp_path: Path,
 # -- liveness, in process ---------------------------------------------------------------------
 def dead_pid() -> int:
     """The pid of a child process that has exited and been reaped."""
-    child = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
-    child.start()
-    child.join()
-    return int(child.pid or 0)
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
 
 
 def study_in(tmp_path: Path, kind: str) -> optuna.Study:
