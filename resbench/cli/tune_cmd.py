@@ -138,10 +138,11 @@ def command(model: str, budget: int, host_budget: int | None,
         with TuneProgress(n_trials, enabled=stderr.is_terminal and not as_json) as progress:
             result = tune(options, callbacks=[progress], log=log)
     except TuneInterrupted as exc:
-        stderr.print(f"interrupted: study {exc.study_name} keeps its {exc.finished} finished "
-                     f"trials in {exc.storage}; run the same command again to resume "
-                     f"(the trial in flight is marked FAIL)", highlight=False, markup=False,
-                     soft_wrap=True)
+        trials = "trial" if exc.finished == 1 else "trials"
+        stderr.print(f"interrupted: study {exc.study_name} keeps its {exc.complete} complete "
+                     f"and {exc.failed} failed {trials} in {exc.storage}; run the same command "
+                     f"again to resume (a trial cut short is marked FAIL)", highlight=False,
+                     markup=False, soft_wrap=True)
         # SystemExit, not ctx.exit: `main` runs click with standalone_mode=False, which turns
         # click's Exit into a return value it does not pass on
         sys.exit(130)

@@ -64,6 +64,9 @@ class Plan:
     components: tuple[tuple[str, StrategyConfig], ...] = ()
     """(component name or group, config); resolution: name > kind group > default > resident."""
 
+    def __post_init__(self) -> None:
+        check_plan(self)
+
     def config_for(self, component: str, kind: str) -> StrategyConfig:
         table = dict(self.components)
         for key in (component, kind, "default"):
@@ -124,6 +127,34 @@ class Plan:
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.to_toml())
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise `InputError` for the first value out of range in a plan built in Python, with
+    the message `plan_from_dict` gives for the same value in a TOML file (a plan that gets
+    past this runs: the manager never meets group_size 0 or an unknown policy)."""
+    source = f"plan {plan.name!r}"
+    if plan.policy not in POLICIES:
+        raise InputError(f"{source}: policy: {plan.policy!r} is not a policy; valid: "
+                         f"{', '.join(POLICIES)}")
+    margin = plan.buffer_margin_bytes
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise InputError(f"{source}: buffer_margin: must be a whole number of bytes ≥ 0, "
+                         f"got {margin!r}")
+    if not isinstance(plan.host.pinned, bool):
+        raise InputError(f"{source}: host.pinned: must be true or false, got {plan.host.pinned!r}")
+    budget = plan.host.pinned_budget_bytes
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 0):
+        raise InputError(f"{source}: host.pinned_budget: must be a whole number of bytes ≥ 0 "
+                         f"or None, got {budget!r}")
+    for key, cfg in plan.components:
+        where = f"{source}: components.{key}"
+        if type(cfg) not in {s.Config for s in STRATEGIES.values()}:
+            raise InputError(f"{where}: {cfg!r} is not a strategy config; valid: "
+                             f"{', '.join(s.Config.__name__ for s in STRATEGIES.values())}")
+        for f in fields(cfg):
+            _check_knob(getattr(cfg, f.name), f, f"{where}.{f.name}")
 
 
 def config_to_dict(cfg: StrategyConfig) -> dict[str, Any]:

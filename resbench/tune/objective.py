@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +37,8 @@ from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
+from resbench.tune.interrupts import Interrupts
+from resbench.tune.liveness import WORKER_ATTR, worker_id
 from resbench.tune.space import SearchSpace
 
 INFEASIBLE_LATENCY_S = 1.0e6
@@ -197,14 +197,21 @@ class Objective:
     Returns the latency, or (latency, peak device bytes) when `pareto` is set.
     """
 
-    def __init__(self, space: SearchSpace, evaluator: Evaluator, *, pareto: bool = False) -> None:
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, *, pareto: bool = False,
+                 interrupts: Interrupts | None = None) -> None:
+        """`interrupts`: where Ctrl-C may cut a trial short (`resbench.tune.interrupts`)."""
         self.space = space
         self.evaluator = evaluator
         self.pareto = pareto
+        self.interrupts = interrupts or Interrupts()
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
+        # First, so that a trial whose process dies is known to be dead
+        # (`resbench.tune.liveness`); workers on several hosts share one study.
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         plan = self.space.suggest(trial)
-        ev = self.evaluator.evaluate(plan)
+        with self.interrupts.scoring():
+            ev = self.evaluator.evaluate(plan)
         record(trial, ev, self.evaluator.host_budget_bytes)
         if self.pareto:
             return ev.latency_s, float(ev.peak_device_bytes)
@@ -218,5 +225,3 @@ def record(trial: Any, ev: Evaluation, host_budget_bytes: int) -> None:
     for key, value in ev.user_attrs().items():
         if value is not None:
             trial.set_user_attr(key, value)
-    # which process ran it: workers on several hosts share one study
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

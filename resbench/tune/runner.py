@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import tomllib
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from resbench.residency.plan import Plan, plan_from_dict
 from resbench.resources import load_presets, sweep_path
 from resbench.schedule import Schedule
 from resbench.tune.constraints import check_constraints, study_constraints
+from resbench.tune.interrupts import Interrupts
+from resbench.tune.liveness import StaleTrials, fail_own_trials
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator, Objective
 from resbench.tune.result import Baseline, TuneResult, Validation
 from resbench.tune.space import NotRepresentable, SearchSpace
@@ -98,13 +99,20 @@ class NoFeasiblePlanError(DoesNotFitError):
 
 
 class TuneInterrupted(KeyboardInterrupt):
-    """Ctrl-C during the study: the finished trials are kept in the storage."""
+    """Ctrl-C during the study: the finished trials are kept in the storage. `complete` and
+    `failed` count the study's trials in those states (every worker's), after the trial cut
+    short was marked FAIL."""
 
-    def __init__(self, study_name: str, storage: str, finished: int) -> None:
+    def __init__(self, study_name: str, storage: str, *, complete: int, failed: int) -> None:
         super().__init__(study_name)
         self.study_name = study_name
         self.storage = storage
-        self.finished = finished
+        self.complete = complete
+        self.failed = failed
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.failed
 
 
 def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
@@ -180,19 +188,25 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
         enqueue(study, space.params_for(frugal), {"preset": "frugal"})
     all_resident = evaluator.evaluate(Plan(name="all-resident"), full_card=True)
 
-    objective = Objective(space, evaluator, pareto=pareto)
+    # A resumed study: fail the trials that workers which died left RUNNING.
+    stale = StaleTrials(log=log)
+    stale.sweep(study)
+    interrupts = Interrupts()
+    objective = Objective(space, evaluator, pareto=pareto, interrupts=interrupts)
     log(f"searching {space.source} with {sampler_name}: "
         + (f"{options.n_trials} trials" if options.n_trials else "")
         + (f" (at most {options.timeout_s:g} s)" if options.timeout_s else ""))
     ran: list[int] = []  # trials this call finished (other workers may add theirs)
     try:
-        study.optimize(objective, n_trials=options.n_trials, timeout=options.timeout_s,
-                       callbacks=[lambda _s, t: ran.append(t.number), *callbacks])
+        with interrupts.held(study):
+            study.optimize(objective, n_trials=options.n_trials, timeout=options.timeout_s,
+                           callbacks=[lambda _s, t: ran.append(t.number), *callbacks])
+        if interrupts.pending:
+            raise KeyboardInterrupt
+        trials = _settled_trials(study, ran, log, stale=stale)
     except KeyboardInterrupt:
-        finished = sum(t.state.is_finished() for t in study.trials)
-        raise TuneInterrupted(name, storage_url, finished) from None
+        raise _interrupted(study, name, storage_url) from None
 
-    trials = _settled_trials(study, ran, log)
     feasible = [t for t in trials if _feasible(t)]
     if not feasible:
         raise _no_feasible(trials, space, evaluator, baselines, name)
@@ -226,19 +240,19 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
 
 
 def _settled_trials(study: optuna.Study, ran: list[int], log: Callable[[str], None], *,
-                    poll_s: float = 0.5) -> list[optuna.trial.FrozenTrial]:
+                    poll_s: float = 0.5, stale: StaleTrials | None = None,
+                    ) -> list[optuna.trial.FrozenTrial]:
     """The study's complete trials once no trial of another worker is still running.
 
     Several workers share a study: one that finishes its trials first must not declare
     "no plan fits" (or pick a best) while another worker's trial — perhaps the only
-    feasible one — is still running. Trials that stay RUNNING because their worker died
-    are failed by the storage's heartbeat where it has one (`fail_stale_trials`)."""
+    feasible one — is still running. Trials left RUNNING by workers that died are failed
+    meanwhile (`liveness.StaleTrials`), so the wait ends."""
     running = optuna.trial.TrialState.RUNNING
+    stale = stale or StaleTrials(log=log)
     told = False
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        stale.sweep(study)
         others = [t for t in study.get_trials(deepcopy=False, states=(running,))
                   if t.number not in ran]
         if not others:
@@ -247,6 +261,17 @@ def _settled_trials(study: optuna.Study, ran: list[int], log: Callable[[str], No
             log(f"waiting for {len(others)} trial(s) other workers are running")
             told = True
         time.sleep(poll_s)
+
+
+def _interrupted(study: optuna.Study, name: str, storage_url: str) -> TuneInterrupted:
+    """The error for Ctrl-C: this process's trial cut short is FAIL (optuna marks it so
+    when the interrupt reaches the objective; `fail_own_trials` when it reached optuna's
+    own bookkeeping), and the counts are read back after that."""
+    fail_own_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return TuneInterrupted(name, storage_url,
+                           complete=states.count(optuna.trial.TrialState.COMPLETE),
+                           failed=states.count(optuna.trial.TrialState.FAIL))
 
 
 def _first_that_still_fits(ranked: list[optuna.trial.FrozenTrial], evaluator: Evaluator,

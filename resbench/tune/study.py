@@ -34,6 +34,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from resbench.errors import InputError
 from resbench.fileio import check_output_dir
 from resbench.pipeline import Request
+from resbench.tune.liveness import HEARTBEAT_GRACE_S, HEARTBEAT_INTERVAL_S
 
 logger = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -241,10 +242,14 @@ def _sqlite_connect(path: str) -> Callable[[], sqlite3.Connection]:
 def _rdb(url: str, engine: dict[str, Any]) -> RDBStorage:
     # Two workers starting together on a new database race to create its tables and stamp
     # its schema version; the loser sees "already exists", a UNIQUE failure or a lock, and
-    # succeeds on retry, the tables being there now.
+    # succeeds on retry, the tables being there now. The heartbeat lets any worker fail the
+    # trials of a worker that died, on any host (`resbench.tune.liveness`).
     for attempt in range(5):
         try:
-            return RDBStorage(url, engine_kwargs=engine)
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental" in optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                  grace_period=HEARTBEAT_GRACE_S)
         except Exception as exc:
             if attempt == 4 or not any(s in str(exc) for s in _CREATE_RACES):
                 raise

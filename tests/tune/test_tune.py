@@ -60,7 +60,7 @@ def test_interruption_keeps_the_finished_trials(tmp_path: Path, schedule: Schedu
 
     with pytest.raises(TuneInterrupted) as err:
         tune(make_options(tmp_path, n_trials=20), schedule=schedule, callbacks=[stop])
-    assert err.value.finished == k and err.value.study_name == "test"
+    assert (err.value.complete, err.value.failed, err.value.study_name) == (k, 0, "test")
     assert len(load(tmp_path).get_trials(states=COMPLETE)) == k
     resumed = tune(make_options(tmp_path, n_trials=3), schedule=schedule)
     assert resumed.trials_total == k + 3

@@ -146,7 +146,7 @@ def test_ctrl_c_exits_130_and_keeps_the_finished_trials(capsys: pytest.CaptureFi
     code, out, err = run(capsys, *TINY, "--budget", "60MB", "--n-trials", "50", "--storage",
                          storage, "--study-name", "ctrl-c")
     assert code == 130 and out == ""
-    assert f"keeps its {k} finished trials in {storage}" in err and "resume" in err
+    assert f"keeps its {k} complete and 0 failed trials in {storage}" in err and "resume" in err
     study = optuna.load_study(study_name="ctrl-c", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(storage)))
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == k
