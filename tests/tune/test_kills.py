@@ -1,9 +1,9 @@
 """A `resbench tune` killed or interrupted mid-trial: nothing finished is lost, the trial cut
 short ends FAIL (never RUNNING for ever), and the same command resumes the study.
 
-The subprocess tests run the real command on a request of 4,000 steps, so that a trial takes
-~0.3 s of simulation: the test waits until a trial is being scored (its worker recorded, no
-result yet) and kills the process then. The other tests drive `resbench.tune.liveness` and
+The subprocess tests run the real command on Wan2.1 1.3B at full size (recorded on meta
+tensors, simulated) with 1,000 steps, so that a trial takes ~0.3 s: the test waits until a
+trial is being scored (its worker recorded, no result yet) and kills the process then. The other tests drive `resbench.tune.liveness` and
 `resbench.tune.interrupts` directly.
 """
 
@@ -36,8 +36,10 @@ from resbench.tune.runner import _settled_trials
 from resbench.tune.study import open_storage
 
 HOST = socket.gethostname()
-SLOW_REQUEST = ["--height", "128", "--width", "128", "--frames", "5", "--steps", "4000"]
-"""~0.3 s of simulation a trial at scale 0.05: long enough to be caught mid-trial."""
+SLOW_REQUEST = ["--height", "128", "--width", "128", "--frames", "5", "--steps", "1000"]
+"""~62,000 unit calls: 0.2-0.6 s a trial, long enough to be caught mid-trial."""
+BUDGET = "6GB"
+"""The text encoder (11.4 GB) cannot be resident; the smallest budget any plan fits is 2.7 GB."""
 
 
 def storage_for(tmp_path: Path, kind: str) -> str:
@@ -45,11 +47,11 @@ def storage_for(tmp_path: Path, kind: str) -> str:
 
 
 def tune_command(tmp_path: Path, storage: str, n_trials: int) -> list[str]:
-    return [sys.executable, "-m", "resbench", "tune", "--model", MODEL, "--scale", "0.05",
-            *SLOW_REQUEST, "--sweep", str(TINY_SWEEP), "--hardware", "h100-80g",
-            "--budget", "50MB", "--seed", "0", "--no-report", "--storage", storage,
-            "--study-name", "kills", "--presets", str(tmp_path / "no-presets"),
-            "--out", str(tmp_path / "plan.toml"), "--n-trials", str(n_trials)]
+    return [sys.executable, "-m", "resbench", "tune", "--model", MODEL, *SLOW_REQUEST,
+            "--sweep", str(TINY_SWEEP), "--hardware", "h100-80g", "--budget", BUDGET,
+            "--seed", "0", "--no-report", "--storage", storage, "--study-name", "kills",
+            "--presets", str(tmp_path / "no-presets"), "--out", str(tmp_path / "plan.toml"),
+            "--n-trials", str(n_trials)]
 
 
 def start(tmp_path: Path, storage: str, n_trials: int, log: str) -> subprocess.Popen[bytes]:
