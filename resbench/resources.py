@@ -53,7 +53,7 @@ def resolve_plan(name_or_path: str | Path | None) -> Plan:
     name = str(name_or_path) if name_or_path is not None else DEFAULT_PLAN
     path = Path(name)
     if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"plan file {name} does not exist; give a plan .toml or a preset "
                              f"name ({', '.join(preset_names())})")
         return load_plan(path)

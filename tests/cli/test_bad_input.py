@@ -68,7 +68,7 @@ CASES = [
     # profile: unknown names
     ("profile-unknown-model", [*PROFILE, "--model", "wan9"], 2, "unknown model 'wan9'"),
     ("profile-unknown-plan", [*PROFILE, "--plan", "sglang"], 2,
-     "neither a file nor a preset; presets:"),
+     "neither a file nor a preset: did you mean sglang-wan2.2? presets:"),
     ("profile-unknown-hardware", [*PROFILE, "--hardware", "h900"], 2, "did you mean h100-80g"),
     ("profile-hardware-toml-syntax", [*PROFILE, "--hardware", "{work}/hw-syntax.toml"], 2,
      "cannot read hardware profile"),
