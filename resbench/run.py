@@ -15,8 +15,11 @@ had), ``profile`` (`profile_dict` of the hardware profile), ``result`` (the `Sim
 or real result's fields: seconds and bytes), ``schedule_summary``, ``versions``,
 ``events_file``, ``extra`` (free JSON: anything a caller wants to keep).
 
-`save_run` writes one; `load_run` reads one back into a `Run`. An unknown schema is an
-error that says which version was found.
+`save_run` writes one whole or not at all: it is built under a hidden
+``.RUN.<pid>-<token>.partial`` name and renamed into place, and an existing run is replaced
+only with ``force``. `load_run` reads one back into a `Run`, naming any missing or damaged
+file. A run, schedule or Parquet events file of another schema is an error that names both
+versions.
 """
 
 from __future__ import annotations
