@@ -14,8 +14,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from resbench.resources import load_presets, preset_names, resolve_plan, shipped_dir, sweep_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +53,6 @@ def test_tune_runs_from_another_folder(tmp_path: Path) -> None:
     assert (tmp_path / "plan.toml").is_file()
 
 
-@pytest.mark.slow
 def test_a_wheel_carries_the_presets_and_sweeps_and_finds_them(tmp_path: Path) -> None:
     """A non-editable install: the wheel holds byte-equal copies under resbench/data/, and
     the installed package reads them from there, run from an unrelated folder."""

@@ -58,7 +58,6 @@ def test_joined_errors_fit_agreement_and_goals() -> None:
     assert g.met.tolist() == [False, False, True, True]  # median 5, max 10, peak 2 %, 2 / 2
 
 
-@pytest.mark.slow
 def test_measure_dry_run_on_the_cpu_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the schedule cache (runs/schedules) goes here
     committed = pd.read_csv(ROOT / PREDICTIONS)

@@ -99,7 +99,6 @@ def test_wan_block_flops_match_the_analytic_count(wan_schedule):
         assert c.attention_flops > 0  # SDPA counted as attention, not as bmm
 
 
-@pytest.mark.slow
 def test_full_size_wan_block_flops_match_the_analytic_count():
     # One step at 480x832x81 on the full-size experts (meta): 21 x 30 x 52 = 32,760 tokens.
     request = Request(height=480, width=832, frames=81, steps=1, guidance=4.0)

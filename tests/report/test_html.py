@@ -130,7 +130,6 @@ def test_pareto_study_and_a_mixed_page(tmp_path, saved_run):
     assert "Pareto front" in text and "Run synthetic" in text and "Study pareto" in text
 
 
-@pytest.mark.slow
 def test_study_with_context_draws_the_budget_curve(tmp_path):
     storage = f"sqlite:///{tmp_path / 'c.db'}"
     make_study(storage, "ctx", context={

@@ -35,7 +35,6 @@ def command(tmp_path: Path, storage: str, index: int, n_trials: int) -> list[str
             "--out", str(tmp_path / f"plan-{index}.toml")]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_four_workers_on_one_storage(tmp_path: Path, kind: str) -> None:
     storage = str(tmp_path / ("shared.log" if kind == "journal" else "shared.db"))

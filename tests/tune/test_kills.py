@@ -94,7 +94,6 @@ def count(st: dict[int, TrialState], state: TrialState) -> int:
     return sum(s == state for s in st.values())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path: Path, kind: str) -> None:
     storage = storage_for(tmp_path, kind)
@@ -120,7 +119,6 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path: Path, kind: s
             f"marked FAIL") in again.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(tmp_path: Path,
                                                                  kind: str) -> None:
