@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.models.base import (
     REST,
     ComponentSpec,
+    TensorSlot,
     build_component,
     component_of,
     tensor_seed,
@@ -295,8 +296,10 @@ class CudaDevice(Device):
     name = "cuda"
     kind = "cuda"
 
-    def __init__(self, components: dict[str, nn.Module], host: HostWeights, *,
-                 budget_bytes: int | None = None, device: torch.device | str = "cuda") -> None:
+    def __init__(self, units: Mapping[str, Mapping[str, Sequence[TensorSlot]]], host: HostWeights,
+                 *, budget_bytes: int | None = None, device: torch.device | str = "cuda") -> None:
+        """`units`: component → unit → the slots of its tensors (`pipeline.unit_slots_of`);
+        `host` holds a copy of every unit (`build_weights`)."""
         self.device = torch.device(device)
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -308,10 +311,9 @@ class CudaDevice(Device):
         self.d2h_stream = torch.cuda.Stream(self.device)
         self.ledger = Ledger(1 << 62)  # pool slots and weight bytes in program order
         self.setup_from_pinned = False  # see begin_setup
-        self._slots: dict[UnitKey, list[tuple[nn.Module, str]]] = {}
-        for comp, module in components.items():
-            for unit, slots in unit_slots(module).items():
-                self._slots[(comp, unit)] = slots
+        self._slots: dict[UnitKey, list[TensorSlot]] = {
+            (comp, unit): list(slots) for comp, comp_units in units.items()
+            for unit, slots in comp_units.items()}
         missing = [k for k in self._slots if k not in host.units]
         if missing:
             raise ValueError(f"no host copy for units {missing[:3]} (and {len(missing) - 3} more)"

@@ -20,7 +20,7 @@ from resbench.errors import InputError
 from resbench.execution.core import RunResult, execute
 from resbench.hardware import HardwareProfile
 from resbench.models.base import ModelSpec, build_component, materialize
-from resbench.pipeline import Pipeline, Request
+from resbench.pipeline import Pipeline, Request, unit_slots_of
 from resbench.record import record_schedule
 from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
@@ -149,9 +149,9 @@ class CpuBackend(Backend):
                  keep_output: bool) -> RunResult:
         from resbench.devices.cpu import CpuDevice
 
-        components = self.components()
-        device = CpuDevice(components, capacity_bytes=budget_bytes or 1 << 62)
-        pipe = Pipeline(self.spec, components, device="cpu", dtype=torch.float32, scale=self.scale)
+        pipe = Pipeline(self.spec, self.components(), device="cpu", dtype=torch.float32,
+                        scale=self.scale)
+        device = CpuDevice(unit_slots_of(pipe), capacity_bytes=budget_bytes or 1 << 62)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
                        tracer=Tracer(enabled=trace), keep_output=keep_output)
 
@@ -196,8 +196,9 @@ class CudaBackend(Backend):
         from resbench.devices.cuda import CudaDevice
 
         weights = self.weights
-        device = CudaDevice(weights.components, weights.host, budget_bytes=budget_bytes)
-        pipe = Pipeline(self.spec, weights.components, device=device.device, scale=self.scale)
+        pipe = Pipeline(self.spec, weights.components, device=current_cuda(), scale=self.scale)
+        device = CudaDevice(unit_slots_of(pipe), weights.host, budget_bytes=budget_bytes,
+                            device=pipe.device)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
                        tracer=Tracer(enabled=trace), keep_output=keep_output)
 
@@ -244,6 +245,11 @@ def make_backend(device: str, spec: ModelSpec, request: Request, *, profile: Har
     """The backend for a device name (`auto`, `sim`, `cpu`, `cuda`)."""
     return BACKENDS[resolve_device(device)](spec, request, profile=profile, scale=scale,
                                             schedule=schedule)
+
+
+def current_cuda() -> torch.device:
+    """The current CUDA device, with its index."""
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def cuda_unavailable() -> str | None:
