@@ -84,6 +84,8 @@ def run_pipeline(pipe: Any, model: EngineModel, request: Request, *,
     expert switch, decode). Returns the decoded output (or latents, `output_type="latent"`)."""
     validate(model, request)
     embeds = encode_prompts(pipe, model, request)
+    # The initial noise is drawn on the CPU from the request's seed: the same on every device.
+    noise = torch.Generator().manual_seed(request.seed)
     result = pipe(**embeds, **call_kwargs(model, request), output_type=output_type,
-                  callback_on_step_end=callback_on_step_end, return_dict=False)
+                  generator=noise, callback_on_step_end=callback_on_step_end, return_dict=False)
     return result[0]
