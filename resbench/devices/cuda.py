@@ -242,6 +242,13 @@ def unbind(module: nn.Module, device: torch.device | str) -> None:
             _rebind(m, n, torch.empty(0, dtype=t.dtype, device=device))
 
 
+def capture_units(host: HostWeights, component: str,
+                  units: Mapping[str, Sequence[TensorSlot]], *, pin: bool = True) -> None:
+    """Copy each unit's tensors (read through its slots) into its own host buffer."""
+    for unit, slots in units.items():
+        host.capture((component, unit), [getattr(m, n) for m, n in slots], pin=pin)
+
+
 def _signature(module: nn.Module) -> tuple[Any, ...]:
     return (type(module).__qualname__,
             tuple((n, tuple(t.shape), t.dtype) for n, t in module.state_dict(keep_vars=True).items()))
@@ -272,8 +279,7 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
         module.to_empty(device=device)
         if source is None:
             fill_random(module, seed=seed, component=spec.name)
-            for unit, slots in unit_slots(module).items():
-                host.capture((spec.name, unit), [getattr(m, n) for m, n in slots], pin=pin)
+            capture_units(host, spec.name, unit_slots(module), pin=pin)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             built[sig] = spec.name
@@ -594,4 +600,4 @@ class CudaDevice(Device):
 
 
 __all__ = ["REST", "CudaDevice", "HostWeights", "UnitLayout", "Weights", "build_weights",
-           "fill_random", "unbind"]
+           "capture_units", "fill_random", "unbind"]

@@ -245,13 +245,22 @@ def build_pipeline(name: str, *, scale: float = 1.0,
     """
     model = get_engine_model(name)
     configs = pipeline_configs(model, scale=scale, overrides=overrides)
+    return assemble(model, build_components(model, configs, device=device, seed=seed,
+                                            dtype=dtype), configs)
+
+
+def build_components(model: EngineModel, configs: Mapping[str, Config], *,
+                     device: torch.device | str = "meta", seed: int = 0,
+                     dtype: torch.dtype | None = None) -> dict[str, nn.Module]:
+    """Every component of `model` built from `configs` (`pipeline_configs`), materialized
+    on `device` unless it is meta (see `build_pipeline`)."""
     components: dict[str, nn.Module] = {}
     for role in model.components:
         module = build_component(model, role.name, configs[role.name], dtype)
         if torch.device(device).type != "meta":
             materialize(module, device, seed=seed, name=role.name)
         components[role.name] = module
-    return assemble(model, components, configs)
+    return components
 
 
 def assemble(model: EngineModel, components: Mapping[str, nn.Module],
