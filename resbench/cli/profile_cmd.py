@@ -11,6 +11,7 @@ from resbench.analysis import stage_breakdown
 from resbench.cli.common import (
     SIZE,
     emit,
+    engine_option,
     json_option,
     model_option,
     request_options,
@@ -26,6 +27,7 @@ from resbench.units import describe_bytes, format_bytes
 
 @click.command("profile")
 @model_option
+@engine_option
 @click.option("--plan", default=None, help="Plan TOML file or preset name (default: sglang-wan2.2).")
 @click.option("--budget", type=SIZE, default=None, help="Device memory budget, e.g. 48GB or 44.7GiB.")
 @click.option("--device", type=click.Choice(["auto", "sim", "cuda", "cpu"]), default="auto",
@@ -38,9 +40,9 @@ from resbench.units import describe_bytes, format_bytes
               help="HTML report path (default reports/<run folder name>.html).")
 @request_options
 @json_option
-def command(model: str, plan: str | None, budget: int | None, device: str, hardware: str | None,
-            scale: float, out_dir: Path | None, report_path: Path | None, as_json: bool,
-            **kwargs: object) -> None:
+def command(model: str, engine: str | None, plan: str | None, budget: int | None, device: str,
+            hardware: str | None, scale: float, out_dir: Path | None, report_path: Path | None,
+            as_json: bool, **kwargs: object) -> None:
     """Run one request under one plan and show where its time went."""
     if device == "auto":
         import torch
@@ -50,13 +52,14 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
     if budget is not None:
         stderr.print(f"budget {describe_bytes(budget)}")
     res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
-                      scale=scale, **request_overrides(kwargs))
+                      scale=scale, engine=engine, **request_overrides(kwargs))
     out_dir = out_dir or Path("runs") / f"{res.model}-{res.device}-{res.plan.name}"
     paths = write_outputs(res, out_dir, report_path)
     r = res.request
     achieved = _achieved_h2d(res)
     data = {
-        "model": res.model, "device": res.device, "hardware": res.hardware, "plan": res.plan.name,
+        "model": res.model, "engine": res.engine, "device": res.device, "hardware": res.hardware,
+        "plan": res.plan.name,
         "request": {"height": r.height, "width": r.width, "frames": r.frames, "steps": r.steps,
                     "cfg": r.cfg, "cfg_mode": r.cfg_mode, "batch": r.batch},
         "budget_bytes": res.budget_bytes, "latency_s": res.latency_s, "compute_s": res.compute_s,
@@ -65,7 +68,7 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
         "achieved_h2d_bytes_per_s": achieved, "outputs": {k: str(v) for k, v in paths.items()},
     }
     lines = [
-        f"[bold]{res.model}[/bold] {r.height}x{r.width}x{r.frames}, {r.steps} steps, "
+        f"[bold]{res.model}[/bold] ({res.engine}) {r.height}x{r.width}x{r.frames}, {r.steps} steps, "
         f"cfg {'on' if r.cfg else 'off'} — plan [bold]{res.plan.name}[/bold] on {res.device}"
         + (f" ({res.hardware})" if res.device == "sim" else ""),
         f"latency {res.latency_s:.3f} s: compute {res.compute_s:.3f} s, stalled on transfers "
@@ -74,7 +77,7 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
         f"peak device memory {format_bytes(res.peak_device_bytes)} of {format_bytes(res.budget_bytes)}; "
         f"pinned host {format_bytes(res.pinned_host_bytes)}",
     ]
-    if achieved == achieved and res.h2d_peak_bytes_per_s == res.h2d_peak_bytes_per_s:
+    if achieved == achieved and res.h2d_peak_bytes_per_s is not None:
         lines.append(f"achieved H2D {achieved / 1e9:.1f} GB/s "
                      f"({100 * achieved / res.h2d_peak_bytes_per_s:.0f}% of the {res.h2d_peak_bytes_per_s / 1e9:.1f} GB/s peak)")
     lines += [f"{name}: {paths[name]}" for name in ("run", "chrome_trace", "report")]
