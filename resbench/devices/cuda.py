@@ -372,6 +372,16 @@ class CudaDevice(Device):
     def pinned_bytes(self) -> int:
         return sum(self._nbytes[k] for k, p in self._pinned.items() if p)
 
+    def host_tensors(self, key: UnitKey) -> list[torch.Tensor]:
+        """Views of the unit's host buffer (pinned if it has one): valid until the host
+        copies are closed, so copy them out first."""
+        unit = self.host.units[key]
+        if unit.ready is not None:
+            unit.ready.synchronize()  # a D2H copy may still be writing the buffer
+        buf = unit.pinned if unit.pinned is not None else unit.pageable
+        assert buf is not None
+        return unit.layout.views(buf)
+
     def unit_keys(self) -> list[UnitKey]:
         return list(self._slots)
 

@@ -10,6 +10,9 @@
   ids: no tokenizers), e.g. on a pipeline materialized on CPU.
 * `DiffusersPipeline` → all of the above behind what a zoo `ModelSpec` / `Pipeline` give the
   rest of resbench (components with kinds, units, uses, `record`, `run(request, hooks)`).
+* `apply_plan(pipe, plan)` → a user's own pipeline under a plan until `handle.remove()`.
+* `Engine` (`base`), `ZooEngine` (`zoo`), `DiffusersEngine` (`diffusers_engine`) → where a
+  model's pipelines come from, for the execution layer (`--engine`).
 
 Names are imported on first use, so that importing one light module of the package (the
 CLI does) does not import diffusers and transformers.
@@ -21,6 +24,9 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "apply_plan": "apply", "ResidencyHandle": "apply",
+    "Engine": "base", "default_engine": "base", "make_engine": "base",
+    "DiffusersEngine": "diffusers_engine", "ZooEngine": "zoo",
     "build_pipeline": "build", "materialize": "build", "pipeline_configs": "build",
     "ENGINE_MODELS": "catalog", "EngineModel": "catalog", "get_engine_model": "catalog",
     "DiffusersPipeline": "pipeline",
