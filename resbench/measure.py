@@ -29,10 +29,11 @@ import torch
 from resbench.devices.cuda import CudaDevice, Weights, build_weights
 from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.execution import Backend, CpuBackend, CudaBackend, memory_budget
+from resbench.execution.backends import current_cuda
 from resbench.hardware import detect_profile, get_profile
 from resbench.models.base import ModelSpec, build_component, materialize
 from resbench.models.registry import get_model
-from resbench.pipeline import Pipeline, Request
+from resbench.pipeline import Pipeline, Request, unit_slots_of
 from resbench.residency.plan import Plan
 from resbench.resources import resolve_plan
 from resbench.schedule import Schedule
@@ -116,7 +117,9 @@ def measure_unmanaged(spec: ModelSpec | str, request: Request, *, budget_bytes: 
         return out
     weights = weights or prepare_weights(spec, scale=scale)
     with memory_budget(budget_bytes):
-        dev = CudaDevice(weights.components, weights.host, budget_bytes=budget_bytes)
+        pipe = Pipeline(spec, weights.components, device=current_cuda(), scale=scale)
+        dev = CudaDevice(unit_slots_of(pipe), weights.host, budget_bytes=budget_bytes,
+                         device=pipe.device)
         oom: str | None = None
         out: dict[str, Any] = {}
         try:
@@ -125,7 +128,6 @@ def measure_unmanaged(spec: ModelSpec | str, request: Request, *, budget_bytes: 
                 dev.place_unmanaged(key)
             torch.cuda.synchronize()
             setup_s = time.perf_counter() - t0
-            pipe = Pipeline(spec, weights.components, device=dev.device, scale=scale)
             if warmup:
                 pipe.run(request)
             torch.cuda.synchronize()

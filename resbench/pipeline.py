@@ -9,14 +9,15 @@ what the residency manager plans from.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
 from resbench.errors import InputError
-from resbench.models.base import ModelSpec
+from resbench.models.base import ModelSpec, ResidencyComponent, TensorSlot, unit_slots
 from resbench.schedule import ComponentUse
 
 
@@ -116,6 +117,42 @@ class PipelineHooks:
         return False
 
     def step_skipped(self, step: int, denoiser: str) -> None: ...
+
+
+class ManagedPipeline(Protocol):
+    """What the torch driver and the real devices need from a pipeline to run it under the
+    residency manager. The zoo's `Pipeline` gives it, and so does the diffusers engine's
+    `resbench.engines.DiffusersPipeline`: nothing downstream asks which one it holds.
+
+    * `components`: component name → module.
+    * `blocks(component)`: (unit name, module) of each block unit, in unit order — the driver
+      hooks every block's forward to follow the schedule call by call.
+    * `unit_slots(component)`: unit name → the (module, attribute) slots of the unit's
+      parameters and buffers, blocks in order then `rest`, each tensor once — a device moves a
+      unit by rebinding these slots.
+    * `run(request, hooks)`: run one request, calling `hooks`' stage, step and component
+      callbacks (`PipelineHooks`) around every component entry point.
+
+    Unit names are the schedule's: a schedule recorded from a pipeline names its units.
+    """
+
+    @property
+    def components(self) -> Mapping[str, nn.Module]: ...
+
+    def blocks(self, component: str) -> list[tuple[str, nn.Module]]: ...
+
+    def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]: ...
+
+    def run(self, request: Request, hooks: PipelineHooks | None = None) -> torch.Tensor: ...
+
+
+UnitSlots = dict[str, dict[str, list[TensorSlot]]]
+"""Component → unit → the slots of its tensors: what a device is built from."""
+
+
+def unit_slots_of(pipe: ManagedPipeline) -> UnitSlots:
+    """Every component's unit slots (`ManagedPipeline.unit_slots`)."""
+    return {name: pipe.unit_slots(name) for name in pipe.components}
 
 
 @dataclass
@@ -276,6 +313,18 @@ class Pipeline:
 
     def uses(self) -> list[ComponentUse]:
         return [u for st in self.stages() for u in st.uses()]
+
+    def blocks(self, component: str) -> list[tuple[str, nn.Module]]:
+        """(unit name, module) of every block of `component` (`ManagedPipeline`)."""
+        module = self.components[component]
+        if not isinstance(module, ResidencyComponent):
+            return []
+        return [(f"{path}.{i}", block) for path, blocks in module.block_lists()
+                for i, block in enumerate(blocks)]
+
+    def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]:
+        """Unit name → slots of its tensors (`models.base.unit_slots`)."""
+        return unit_slots(self.components[component])
 
     def text_len(self, encoder: str) -> int:
         """Prompt tokens for `encoder`: the model's length, shortened for scaled-down models."""

@@ -3,7 +3,8 @@
 Devices: `sim` (the simulator on a hardware profile — the default without a GPU), `cuda`
 (the real card, budget emulated), `cpu` (real tensors on two CPU pools; tiny scales only,
 for checking a plan's behaviour without a GPU). All three run through
-`resbench.execution`'s backends.
+`resbench.execution`'s backends, on the pipeline of an engine (`resbench.engines.base`):
+diffusers' for the models it implements, else the zoo's, unless `engine` says.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 
 from resbench.analysis.budget import min_budget_bytes
+from resbench.engines.base import make_engine
 from resbench.errors import DoesNotFitError, InputError
 from resbench.execution import make_backend
 from resbench.hardware import HardwareProfile, detect_profile, get_profile
@@ -56,14 +58,18 @@ class ProfileResult:
     schedule: Schedule = field(repr=False)
     profile: HardwareProfile | None = field(default=None, repr=False)
     """The hardware profile the run used (from a preset or a file)."""
+    engine: str = "zoo"
+    """Where the pipeline came from: diffusers | zoo (`resbench.engines.base`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None = None,
                 device: str = "auto", hardware: str | None = None, scale: float = 1.0,
-                **request_overrides: Any) -> ProfileResult:
-    """Run `model` under `plan` on `device`; see the module docstring for devices."""
+                engine: str | None = None, **request_overrides: Any) -> ProfileResult:
+    """Run `model` under `plan` on `device`; see the module docstring for devices. `engine`:
+    diffusers | zoo (None: diffusers for the models it implements, else zoo)."""
     spec = get_model(model)
+    the_engine = make_engine(engine, spec, scale=scale)
     request = Request.for_model(spec, **request_overrides)
     the_plan = resolve_plan(plan)
     profile = resolve_hardware(hardware)
@@ -72,7 +78,8 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
                          f"{format_bytes(profile.memory_capacity_bytes)}; give a smaller --budget")
     budget = budget_bytes if budget_bytes is not None else profile.usable_bytes
     the_plan.check_components({c.name: c.kind for c in spec.components}, source=the_plan.name)
-    backend = make_backend(device, spec, request, profile=profile, scale=scale)
+    backend = make_backend(device, spec, request, profile=profile, scale=scale,
+                           engine=the_engine)
     try:
         res = backend.run(the_plan, budget)
     except DoesNotFitError as exc:
@@ -83,7 +90,8 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
                               missing_bytes=exc.missing_bytes, min_budget_bytes=floor) from None
     finally:
         backend.close()
-    extra: dict[str, Any] = {"setup_s": res.setup_s, "stage_latency_s": res.stage_latency_s,
+    extra: dict[str, Any] = {"engine": the_engine.name, "setup_s": res.setup_s,
+                             "stage_latency_s": res.stage_latency_s,
                              "ledger_peak_bytes": res.ledger_peak_bytes}
     if res.peak_reserved_bytes is not None:
         extra["peak_reserved_bytes"] = res.peak_reserved_bytes
@@ -100,4 +108,4 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
         peak_device_bytes=res.peak_device_bytes, pinned_host_bytes=res.pinned_host_bytes,
         h2d_peak_bytes_per_s=profile.h2d_pinned_bytes_per_s if backend.kind != "cpu" else None,
         trace=res.trace if res.trace is not None else pd.DataFrame(),
-        schedule=backend.schedule, profile=profile, extra=extra)
+        schedule=backend.schedule, profile=profile, engine=the_engine.name, extra=extra)

@@ -45,6 +45,15 @@ def model_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Model name or alias (see `resbench models`).")(f)
 
 
+def engine_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    # The names are spelled here rather than read from `resbench.engines.base.ENGINES`:
+    # importing the engines would import diffusers on every command.
+    return click.option("--engine", type=click.Choice(["diffusers", "zoo"]), default=None,
+                        help="Where the pipeline comes from: the diffusers implementation or "
+                             "resbench's zoo [default: diffusers for the models it "
+                             "implements, else zoo].")(f)
+
+
 MAX_PIXELS_PER_SIDE = 16384
 MAX_FRAMES = 1025
 MAX_STEPS = 1000

@@ -12,6 +12,7 @@ from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
     emit,
+    engine_option,
     force_option,
     json_option,
     model_option,
@@ -31,6 +32,7 @@ from resbench.units import describe_bytes, format_bytes
 
 @click.command("profile")
 @model_option
+@engine_option
 @click.option("--plan", default=None, help="Plan TOML file or preset name (default: sglang-wan2.2).")
 @click.option("--budget", type=SIZE, default=None, help="Device memory budget, e.g. 48GB or 44.7GiB.")
 @click.option("--device", type=click.Choice(["auto", "sim", "cuda", "cpu"]), default="auto",
@@ -45,9 +47,9 @@ from resbench.units import describe_bytes, format_bytes
 @force_option
 @request_options
 @json_option
-def command(model: str, plan: str | None, budget: int | None, device: str, hardware: str | None,
-            scale: float, out_dir: Path | None, report_path: Path | None, force: bool,
-            as_json: bool, **kwargs: object) -> None:
+def command(model: str, engine: str | None, plan: str | None, budget: int | None, device: str,
+            hardware: str | None, scale: float, out_dir: Path | None, report_path: Path | None,
+            force: bool, as_json: bool, **kwargs: object) -> None:
     """Run one request under one plan and show where its time went.
 
     The run folder is written whole or not at all; an existing run there is replaced only
@@ -63,12 +65,13 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
     check_run_dir(out_dir, force=force)
     preflight.outputs(report=report_path)
     res = run_profile(model, plan=plan, budget_bytes=budget, device=device, hardware=hardware,
-                      scale=scale, **request)
+                      scale=scale, engine=engine, **request)
     paths = write_outputs(res, out_dir, report_path, force=force)
     r = res.request
     achieved = _achieved_h2d(res)
     data = {
-        "model": res.model, "device": res.device, "hardware": res.hardware, "plan": res.plan.name,
+        "model": res.model, "engine": res.engine, "device": res.device, "hardware": res.hardware,
+        "plan": res.plan.name,
         "request": {"height": r.height, "width": r.width, "frames": r.frames, "steps": r.steps,
                     "cfg": r.cfg, "cfg_mode": r.cfg_mode, "batch": r.batch},
         "budget_bytes": res.budget_bytes, "latency_s": res.latency_s, "compute_s": res.compute_s,
@@ -77,7 +80,7 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
         "achieved_h2d_bytes_per_s": achieved, "outputs": {k: str(v) for k, v in paths.items()},
     }
     lines = [
-        f"[bold]{res.model}[/bold] {r.height}x{r.width}x{r.frames}, {r.steps} steps, "
+        f"[bold]{res.model}[/bold] ({res.engine}) {r.height}x{r.width}x{r.frames}, {r.steps} steps, "
         f"cfg {'on' if r.cfg else 'off'} — plan [bold]{res.plan.name}[/bold] on {res.device}"
         + (f" ({res.hardware})" if res.device == "sim" else ""),
         f"latency {res.latency_s:.3f} s: compute {res.compute_s:.3f} s, stalled on transfers "
@@ -86,7 +89,7 @@ def command(model: str, plan: str | None, budget: int | None, device: str, hardw
         f"peak device memory {format_bytes(res.peak_device_bytes)} of {format_bytes(res.budget_bytes)}; "
         f"pinned host {format_bytes(res.pinned_host_bytes)}",
     ]
-    if achieved == achieved and res.h2d_peak_bytes_per_s == res.h2d_peak_bytes_per_s:
+    if achieved == achieved and res.h2d_peak_bytes_per_s is not None:
         lines.append(f"achieved H2D {achieved / 1e9:.1f} GB/s "
                      f"({100 * achieved / res.h2d_peak_bytes_per_s:.0f}% of the {res.h2d_peak_bytes_per_s / 1e9:.1f} GB/s peak)")
     lines += [f"{name}: {paths[name]}" for name in ("run", "chrome_trace", "report")]

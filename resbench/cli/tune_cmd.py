@@ -21,6 +21,7 @@ from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
     emit,
+    engine_option,
     json_option,
     model_option,
     request_options,
@@ -70,6 +71,7 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 
 @click.command("tune")
 @model_option
+@engine_option
 @click.option("--budget", type=SIZE, required=True,
               help="Device memory budget: 48GB (powers of 1000) or 44.7GiB (powers of 1024).")
 @click.option("--host-budget", type=SIZE, default=None,
@@ -108,7 +110,7 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 @click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @request_options
 @json_option
-def command(model: str, budget: int, host_budget: int | None,
+def command(model: str, engine: str | None, budget: int, host_budget: int | None,
             hardware: str | None, sweep: Path | None, n_trials: int, timeout: float | None,
             sampler: str | None, objectives: tuple[str, ...], seed: int | None,
             storage: str | None, study_name: str | None, device: str, validate: int,
@@ -125,7 +127,8 @@ def command(model: str, budget: int, host_budget: int | None,
     request = request_overrides(kwargs)
     preflight.request_size(model, request)
     options = TuneOptions(
-        model=model, budget_bytes=budget, host_budget_bytes=host_budget, hardware=hardware,
+        model=model, engine=engine, budget_bytes=budget, host_budget_bytes=host_budget,
+        hardware=hardware,
         sweep=sweep, n_trials=n_trials, timeout_s=timeout, sampler=sampler,
         objectives=objectives, seed=seed, storage=storage, study_name=study_name,
         device=device, validate=validate, presets_dir=presets, scale=scale,  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ The manager never knows which device it runs on. It names units by `UnitKey`
   (the simulator advances its clock here; real devices record time tokens).
 * `used_bytes()`, `free_bytes()`, `peak_bytes()` — the device-memory ledger against the
   budget; `pinned_bytes()` — host memory pinned for units.
+* `host_tensors(key)` — a unit's authoritative host copy, one tensor per slot (devices that
+  move real tensors; `apply_plan` gives a user's weights back from them).
 * `now()` — a time token on the compute stream; `resolve(token)` → seconds since start.
 
 Lifecycle (the base class gives each a no-op default, so callers never ask which device
@@ -113,6 +115,9 @@ class Device:
         raise NotImplementedError
 
     def on_device(self, key: UnitKey) -> bool:
+        raise NotImplementedError
+
+    def host_tensors(self, key: UnitKey) -> list[Any]:
         raise NotImplementedError
 
     # -- lifecycle: no-ops unless a device has something to do --------------------------------

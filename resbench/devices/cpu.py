@@ -11,13 +11,14 @@ optional capacity (to test budget errors).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from resbench.devices.base import Device, Ledger, Transfer, UnitKey
-from resbench.models.base import TensorSlot, unit_slots
+from resbench.models.base import TensorSlot
 from resbench.schedule import UnitCall
 
 
@@ -25,16 +26,21 @@ class CpuDevice(Device):
     name = "cpu"
     kind = "cpu"
 
-    def __init__(self, components: dict[str, nn.Module], capacity_bytes: int = 1 << 62) -> None:
+    def __init__(self, units: Mapping[str, Mapping[str, Sequence[TensorSlot]]],
+                 capacity_bytes: int = 1 << 62) -> None:
+        """`units`: component → unit → the slots of its tensors (`pipeline.unit_slots_of`).
+        Each unit's tensors are copied to the host pool and their slots rebound to
+        placeholders."""
         self.ledger = Ledger(capacity_bytes)
         self._t0 = time.perf_counter()
         self._slots: dict[UnitKey, list[TensorSlot]] = {}
         self._host: dict[UnitKey, list[torch.Tensor]] = {}
         self._nbytes: dict[UnitKey, int] = {}
         self._pinned: dict[UnitKey, bool] = {}
-        for comp, module in components.items():
-            for unit, slots in unit_slots(module).items():
+        for comp, comp_units in units.items():
+            for unit, unit_slots in comp_units.items():
                 key = (comp, unit)
+                slots = list(unit_slots)
                 self._slots[key] = slots
                 self._host[key] = [getattr(m, n).detach().clone() for m, n in slots]
                 self._nbytes[key] = sum(t.numel() * t.element_size() for t in self._host[key])

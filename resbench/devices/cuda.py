@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.models.base import (
     REST,
     ComponentSpec,
+    TensorSlot,
     build_component,
     component_of,
     tensor_seed,
@@ -241,6 +242,13 @@ def unbind(module: nn.Module, device: torch.device | str) -> None:
             _rebind(m, n, torch.empty(0, dtype=t.dtype, device=device))
 
 
+def capture_units(host: HostWeights, component: str,
+                  units: Mapping[str, Sequence[TensorSlot]], *, pin: bool = True) -> None:
+    """Copy each unit's tensors (read through its slots) into its own host buffer."""
+    for unit, slots in units.items():
+        host.capture((component, unit), [getattr(m, n) for m, n in slots], pin=pin)
+
+
 def _signature(module: nn.Module) -> tuple[Any, ...]:
     return (type(module).__qualname__,
             tuple((n, tuple(t.shape), t.dtype) for n, t in module.state_dict(keep_vars=True).items()))
@@ -271,8 +279,7 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
         module.to_empty(device=device)
         if source is None:
             fill_random(module, seed=seed, component=spec.name)
-            for unit, slots in unit_slots(module).items():
-                host.capture((spec.name, unit), [getattr(m, n) for m, n in slots], pin=pin)
+            capture_units(host, spec.name, unit_slots(module), pin=pin)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             built[sig] = spec.name
@@ -295,8 +302,10 @@ class CudaDevice(Device):
     name = "cuda"
     kind = "cuda"
 
-    def __init__(self, components: dict[str, nn.Module], host: HostWeights, *,
-                 budget_bytes: int | None = None, device: torch.device | str = "cuda") -> None:
+    def __init__(self, units: Mapping[str, Mapping[str, Sequence[TensorSlot]]], host: HostWeights,
+                 *, budget_bytes: int | None = None, device: torch.device | str = "cuda") -> None:
+        """`units`: component → unit → the slots of its tensors (`pipeline.unit_slots_of`);
+        `host` holds a copy of every unit (`build_weights`)."""
         self.device = torch.device(device)
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -308,10 +317,9 @@ class CudaDevice(Device):
         self.d2h_stream = torch.cuda.Stream(self.device)
         self.ledger = Ledger(1 << 62)  # pool slots and weight bytes in program order
         self.setup_from_pinned = False  # see begin_setup
-        self._slots: dict[UnitKey, list[tuple[nn.Module, str]]] = {}
-        for comp, module in components.items():
-            for unit, slots in unit_slots(module).items():
-                self._slots[(comp, unit)] = slots
+        self._slots: dict[UnitKey, list[TensorSlot]] = {
+            (comp, unit): list(slots) for comp, comp_units in units.items()
+            for unit, slots in comp_units.items()}
         missing = [k for k in self._slots if k not in host.units]
         if missing:
             raise ValueError(f"no host copy for units {missing[:3]} (and {len(missing) - 3} more)"
@@ -363,6 +371,16 @@ class CudaDevice(Device):
 
     def pinned_bytes(self) -> int:
         return sum(self._nbytes[k] for k, p in self._pinned.items() if p)
+
+    def host_tensors(self, key: UnitKey) -> list[torch.Tensor]:
+        """Views of the unit's host buffer (pinned if it has one): valid until the host
+        copies are closed, so copy them out first."""
+        unit = self.host.units[key]
+        if unit.ready is not None:
+            unit.ready.synchronize()  # a D2H copy may still be writing the buffer
+        buf = unit.pinned if unit.pinned is not None else unit.pageable
+        assert buf is not None
+        return unit.layout.views(buf)
 
     def unit_keys(self) -> list[UnitKey]:
         return list(self._slots)
@@ -592,4 +610,4 @@ class CudaDevice(Device):
 
 
 __all__ = ["REST", "CudaDevice", "HostWeights", "UnitLayout", "Weights", "build_weights",
-           "fill_random", "unbind"]
+           "capture_units", "fill_random", "unbind"]

@@ -1,20 +1,27 @@
-"""`TorchDriver`: runs the real pipeline and calls the manager from hooks on every block.
+"""`TorchDriver`: runs a real pipeline and calls the manager from hooks on every block.
 
 The manager works from the recorded schedule; the driver walks it in lockstep with the real
 forward pass and checks that every block call is the one the schedule expects, so a model
 whose call order differs from its recording fails loudly instead of streaming wrong units.
+
+The pipeline is any `ManagedPipeline` (the zoo's, or the diffusers engine's): the driver
+hooks the blocks it lists and receives its `PipelineHooks` callbacks for component entries
+and stages. `run` is one request start to finish; a caller that runs the pipeline itself
+brackets each of its requests with `request()` and calls `remove()` at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from resbench.errors import ResbenchError
-from resbench.models.base import REST, ResidencyComponent
-from resbench.pipeline import Pipeline, PipelineHooks, Request
+from resbench.models.base import REST
+from resbench.pipeline import ManagedPipeline, PipelineHooks, Request
 from resbench.residency.manager import ResidencyManager
 from resbench.schedule import UnitCall
 
@@ -24,18 +31,19 @@ class ScheduleMismatch(ResbenchError):
 
 
 class TorchDriver(PipelineHooks):
-    def __init__(self, pipe: Pipeline, manager: ResidencyManager) -> None:
+    """Block hooks on `pipe` (installed now, until `remove()`) feeding `manager`."""
+
+    def __init__(self, pipe: ManagedPipeline, manager: ResidencyManager) -> None:
         self.pipe = pipe
         self.manager = manager
         self.calls = manager.schedule.calls
         self.cursor = 0
+        self._current: UnitCall | None = None
         self._open_rest: UnitCall | None = None
         self._handles: list[Any] = []
-        for comp, module in pipe.components.items():
-            if isinstance(module, ResidencyComponent):
-                for path, blocks in module.block_lists():
-                    for i, block in enumerate(blocks):
-                        self._hook(block, comp, f"{path}.{i}")
+        for comp in pipe.components:
+            for unit, block in pipe.blocks(comp):
+                self._hook(block, comp, unit)
 
     def _hook(self, block: nn.Module, comp: str, unit: str) -> None:
         self._handles.append(block.register_forward_pre_hook(
@@ -65,6 +73,7 @@ class TorchDriver(PipelineHooks):
         self.manager.unit_begin(self._current)
 
     def _end(self, comp: str, unit: str) -> None:
+        assert self._current is not None
         self.manager.unit_end(self._current)
 
     # -- pipeline hooks -------------------------------------------------------------------------
@@ -82,18 +91,34 @@ class TorchDriver(PipelineHooks):
     def component_exit(self, component: str) -> None:
         self._close_rest()
 
+    # -- requests ------------------------------------------------------------------------------
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One request: the unit calls made inside must be the whole schedule, in order.
+        The manager's `setup()` must have run before the first request."""
+        self.cursor = 0
+        self._open_rest = None
+        self.manager.request_start()
+        yield
+        self.manager.request_end()
+        if self.cursor != len(self.calls):
+            raise ScheduleMismatch(
+                f"run ended after {self.cursor} calls; the schedule has {len(self.calls)}")
+
     def run(self, request: Request) -> torch.Tensor:
-        """Setup (resident loads), then the request; returns the pipeline output."""
+        """Setup (resident loads), then the request; returns the pipeline output. The
+        hooks are removed afterwards."""
         try:
             self.manager.setup()
-            self.manager.request_start()
-            out = self.pipe.run(request, hooks=self)
-            self.manager.request_end()
-            if self.cursor != len(self.calls):
-                raise ScheduleMismatch(
-                    f"run ended after {self.cursor} calls; the schedule has {len(self.calls)}")
+            with self.request():
+                out = self.pipe.run(request, hooks=self)
         finally:
-            for h in self._handles:
-                h.remove()
+            self.remove()
         self.manager.tracer.finalize(self.manager.device.resolve)
         return out
+
+    def remove(self) -> None:
+        """Remove every block hook (the pipeline's modules are left as they were)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

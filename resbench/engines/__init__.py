@@ -1,6 +1,6 @@
 """Engines: where pipelines come from. This package holds the diffusers engine.
 
-* `build_pipeline(name, scale=, overrides=, device=)` → the real diffusers pipeline
+* `build_pipeline(name, scale=, overrides=, device=, dtype=)` → the real diffusers pipeline
   (`WanPipeline`, `FluxPipeline`) built from the configs shipped in `configs/`, on meta or
   with seeded random weights (`materialize`).
 * `residency_units(pipe)` → per component, its ordered residency units (blocks + `rest`).
@@ -8,21 +8,44 @@
   `Schedule` of a request, recorded on meta through removable hooks on the real modules.
 * `run_pipeline(pipe, model, request)` → run a request (text encoders called with token
   ids: no tokenizers), e.g. on a pipeline materialized on CPU.
-* `DiffusersEngine` → all of the above behind what a zoo `ModelSpec` / `Pipeline` give the
+* `DiffusersPipeline` → all of the above behind what a zoo `ModelSpec` / `Pipeline` give the
   rest of resbench (components with kinds, units, uses, `record`, `run(request, hooks)`).
+* `apply_plan(pipe, plan)` → a user's own pipeline under a plan until `handle.remove()`.
+* `Engine` (`base`), `ZooEngine` (`zoo`), `DiffusersEngine` (`diffusers_engine`) → where a
+  model's pipelines come from, for the execution layer (`--engine`).
+
+Names are imported on first use, so that importing one light module of the package (the
+CLI does) does not import diffusers and transformers.
 """
 
-from resbench.engines.build import build_pipeline, materialize, pipeline_configs
-from resbench.engines.catalog import ENGINE_MODELS, EngineModel, get_engine_model
-from resbench.engines.engine import DiffusersEngine
-from resbench.engines.hooks import PipelineHookBridge
-from resbench.engines.record import DiffusersRecorder, record_pipeline, record_schedule
-from resbench.engines.run import default_request, run_pipeline
-from resbench.engines.units import Unit, component_units, residency_units
+from __future__ import annotations
 
-__all__ = [
-    "ENGINE_MODELS", "DiffusersEngine", "DiffusersRecorder", "EngineModel",
-    "PipelineHookBridge", "Unit", "build_pipeline",
-    "component_units", "default_request", "get_engine_model", "materialize", "pipeline_configs",
-    "record_pipeline", "record_schedule", "residency_units", "run_pipeline",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "apply_plan": "apply", "ResidencyHandle": "apply",
+    "Engine": "base", "default_engine": "base", "make_engine": "base",
+    "DiffusersEngine": "diffusers_engine", "ZooEngine": "zoo",
+    "build_pipeline": "build", "materialize": "build", "pipeline_configs": "build",
+    "ENGINE_MODELS": "catalog", "EngineModel": "catalog", "get_engine_model": "catalog",
+    "DiffusersPipeline": "pipeline",
+    "PipelineHookBridge": "hooks",
+    "DiffusersRecorder": "record", "record_pipeline": "record", "record_schedule": "record",
+    "default_request": "run", "run_pipeline": "run",
+    "Unit": "units", "component_units": "units", "residency_units": "units",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

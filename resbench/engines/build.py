@@ -221,40 +221,62 @@ def _construct(cls: Any, config: Config) -> nn.Module:
     return cls(cls.config_class.from_dict(config))
 
 
-def build_component(model: EngineModel, component: str, config: Config) -> nn.Module:
-    """One component built from `config` on the meta device, in its role's dtype, eval mode."""
+def build_component(model: EngineModel, component: str, config: Config,
+                    dtype: torch.dtype | None = None) -> nn.Module:
+    """One component built from `config` on the meta device, eval mode, in `dtype` as
+    `from_pretrained(torch_dtype=dtype)` leaves it (None: its role's dtype)."""
     cls = _component_class(model, component)
     with torch.device("meta"):
         module = _construct(cls, config)
-    cast_like_from_pretrained(module, model.role(component).dtype)
+    cast_like_from_pretrained(module, dtype or model.role(component).dtype)
     return module.eval().requires_grad_(False)
 
 
 def build_pipeline(name: str, *, scale: float = 1.0,
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                   device: torch.device | str = "meta", seed: int = 0) -> diffusers.DiffusionPipeline:
+                   device: torch.device | str = "meta", seed: int = 0,
+                   dtype: torch.dtype | None = None) -> diffusers.DiffusionPipeline:
     """The diffusers pipeline of engine model `name`, its components built from the shipped
     configs (scaled, then overridden: see `pipeline_configs`).
 
     On `device="meta"` nothing is allocated; on any other device each component is
-    materialized there with random weights from `seed` (`materialize`). No tokenizers.
+    materialized there with random weights from `seed` (`materialize`). `dtype`: every
+    component in it (fp32 for the CPU device); None: each in its role's dtype. No tokenizers.
     """
     model = get_engine_model(name)
     configs = pipeline_configs(model, scale=scale, overrides=overrides)
-    components: dict[str, Any] = {}
+    return assemble(model, build_components(model, configs, device=device, seed=seed,
+                                            dtype=dtype), configs)
+
+
+def build_components(model: EngineModel, configs: Mapping[str, Config], *,
+                     device: torch.device | str = "meta", seed: int = 0,
+                     dtype: torch.dtype | None = None) -> dict[str, nn.Module]:
+    """Every component of `model` built from `configs` (`pipeline_configs`), materialized
+    on `device` unless it is meta (see `build_pipeline`)."""
+    components: dict[str, nn.Module] = {}
     for role in model.components:
-        module = build_component(model, role.name, configs[role.name])
+        module = build_component(model, role.name, configs[role.name], dtype)
         if torch.device(device).type != "meta":
             materialize(module, device, seed=seed, name=role.name)
         components[role.name] = module
+    return components
+
+
+def assemble(model: EngineModel, components: Mapping[str, nn.Module],
+             configs: Mapping[str, Config] | None = None) -> diffusers.DiffusionPipeline:
+    """The diffusers pipeline object around already built `components` (no copies): a fresh
+    scheduler, no tokenizers, the pipeline's own config (`configs`: the shipped ones)."""
+    configs = configs if configs is not None else pipeline_configs(model)
+    parts: dict[str, Any] = dict(components)
     scheduler_cfg = configs[SCHEDULER]
-    components[SCHEDULER] = getattr(diffusers, scheduler_cfg["_class_name"]).from_config(scheduler_cfg)
+    parts[SCHEDULER] = getattr(diffusers, scheduler_cfg["_class_name"]).from_config(scheduler_cfg)
     for key, entry in model.model_index().items():
         # Tokenizers (and any other listed component the engine does not build) are None.
-        if isinstance(entry, list) and key not in components:
-            components[key] = None
+        if isinstance(entry, list) and key not in parts:
+            parts[key] = None
     pipe_cls = getattr(diffusers, model.pipeline_class())
-    pipe = pipe_cls(**components, **configs[PIPELINE])
+    pipe = pipe_cls(**parts, **configs[PIPELINE])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -302,7 +324,7 @@ def _built_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def materialize(component: nn.Module, device: torch.device | str = "cpu", *, seed: int = 0,
-                name: str) -> nn.Module:
+                name: str, draw_on_device: bool = False) -> nn.Module:
     """Give a meta-built component storage on `device` with deterministic random weights.
 
     Each parameter is drawn on CPU from its own generator seeded by (seed, `name`,
@@ -310,19 +332,24 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
     which others were materialized; `transformer` and `transformer_2` of one pipeline differ.
     Weights of rank ≥ 2 get N(0, 1/fan_in); scales of norm layers get ones and their shifts
     zeros; other 1-D parameters N(0, 0.02²). Buffers get the values the class computes.
+
+    `draw_on_device`: draw with a generator on `device` instead (a 14B expert is drawn in
+    seconds on a GPU, minutes on a CPU); the values are then the same for every run on the
+    same kind of card, not equal to a CPU draw.
     """
     buffers = _built_buffers(component)
     owners = {f"{prefix}.{n}" if prefix else n: mod for prefix, mod in component.named_modules()
               for n, _ in mod.named_parameters(recurse=False)}
     component.to_empty(device=torch.device(device))
     for qualname, p in component.named_parameters():
-        gen = torch.Generator().manual_seed(_seed(seed, f"{name}.{qualname}"))
+        on = p.device if draw_on_device else torch.device("cpu")
+        gen = torch.Generator(device=on).manual_seed(_seed(seed, f"{name}.{qualname}"))
         if p.dim() >= 2:
-            values = torch.randn(p.shape, generator=gen) * p[0].numel() ** -0.5
+            values = torch.randn(p.shape, generator=gen, device=on) * p[0].numel() ** -0.5
         elif _is_norm(owners[qualname]):
             values = torch.zeros(p.shape) if qualname.endswith("bias") else torch.ones(p.shape)
         else:
-            values = torch.randn(p.shape, generator=gen) * 0.02
+            values = torch.randn(p.shape, generator=gen, device=on) * 0.02
         p.copy_(values.to(p.dtype))
     for qualname, b in component.named_buffers():
         b.copy_(buffers[qualname])

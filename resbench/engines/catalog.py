@@ -33,7 +33,8 @@ class TextInput:
     """How a pipeline calls a text encoder, which the engine does itself (no tokenizer).
 
     `length`: tokens per prompt, padded to it as the pipeline's tokenizer call does
-    (`max_length`). `output`: the field of the encoder's output the pipeline keeps
+    (`max_length`); `length_argument`: the `__call__` keyword argument that sets it, None
+    when it is fixed. `output`: the field of the encoder's output the pipeline keeps
     (`last_hidden_state` or CLIP's `pooler_output`). `argument` / `negative_argument`: the
     `__call__` keyword arguments that take it for the prompt and the negative prompt.
     """
@@ -42,6 +43,7 @@ class TextInput:
     output: Literal["last_hidden_state", "pooler_output"]
     argument: str
     negative_argument: str
+    length_argument: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +115,8 @@ def load_config(model: str, file: str) -> dict[str, Any]:
 
 
 _UMT5 = TextInput(length=512, output="last_hidden_state", argument="prompt_embeds",
-                  negative_argument="negative_prompt_embeds")
+                  negative_argument="negative_prompt_embeds",
+                  length_argument="max_sequence_length")
 
 
 def _wan(name: str, description: str, dits: tuple[str, ...], notes: tuple[str, ...]) -> EngineModel:
@@ -146,7 +149,8 @@ ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
             ComponentRole(name="text_encoder_2", kind="text_encoder", dtype=torch.bfloat16,
                           text=TextInput(length=512, output="last_hidden_state",
                                          argument="prompt_embeds",
-                                         negative_argument="negative_prompt_embeds")),
+                                         negative_argument="negative_prompt_embeds",
+                                         length_argument="max_sequence_length")),
             ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16),
             ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
         ),

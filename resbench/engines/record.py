@@ -137,16 +137,19 @@ def schedule_from(recorder: DiffusersRecorder, model: EngineModel, units: dict[s
 
 
 def record_pipeline(pipe: Any, model: EngineModel, request: Request, *,
-                    scale: float = 1.0) -> Schedule:
+                    scale: float = 1.0, output_type: str = "pt",
+                    extra: Mapping[str, Any] | None = None) -> Schedule:
     """Record `request` on a meta-built pipeline of `model` (see `build_pipeline`).
 
     The pipeline runs its own `__call__` (expert switch, CFG, scheduler) with every tensor
-    on meta: no weights, no compute. `scale` is only recorded in the schedule.
+    on meta: no weights, no compute. `scale` is only recorded in the schedule;
+    `output_type` and `extra` are passed to `run_pipeline` (`"latent"`: no decode).
     """
     units = residency_units(pipe)
     recorder = DiffusersRecorder(pipe, model, units)
     with recorder, recorder.flops, recorder.mem, FusedAttentionOnMeta():
-        run_pipeline(pipe, model, request, callback_on_step_end=recorder.on_step_end)
+        run_pipeline(pipe, model, request, callback_on_step_end=recorder.on_step_end,
+                     output_type=output_type, extra=extra)
     return schedule_from(recorder, model, units, dataclasses.asdict(request), scale)
 
 

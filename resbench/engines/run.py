@@ -14,7 +14,7 @@ is then a no-op). Shorter prompts would only change values, not shapes or FLOPs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -43,8 +43,11 @@ def validate(model: EngineModel, request: Request) -> None:
                          f"cfg_mode {request.cfg_mode!r} is not available")
 
 
-def encode_prompts(pipe: Any, model: EngineModel, request: Request) -> dict[str, torch.Tensor]:
-    """Call every text encoder as the pipeline would; return the `__call__` embedding kwargs."""
+def encode_prompts(pipe: Any, model: EngineModel, request: Request,
+                   call: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Call every text encoder as the pipeline would; return the `__call__` embedding kwargs.
+    `call`: other `__call__` arguments; one named by a text input's `length_argument` sets
+    that encoder's token count."""
     gen = torch.Generator().manual_seed(request.seed)
     prompts = 2 if request.cfg else 1
     out: dict[str, torch.Tensor] = {}
@@ -53,8 +56,9 @@ def encode_prompts(pipe: Any, model: EngineModel, request: Request) -> dict[str,
             continue
         encoder = getattr(pipe, role.name)
         device = next(encoder.parameters()).device
+        length = (call or {}).get(role.text.length_argument or "", role.text.length)
         for p in range(prompts):
-            ids = torch.randint(0, encoder.config.vocab_size, (request.batch, role.text.length),
+            ids = torch.randint(0, encoder.config.vocab_size, (request.batch, length),
                                 generator=gen)
             output = encoder(ids.to(device))
             key = role.text.argument if p == 0 else role.text.negative_argument
@@ -79,11 +83,14 @@ def call_kwargs(model: EngineModel, request: Request) -> dict[str, Any]:
 @torch.no_grad()
 def run_pipeline(pipe: Any, model: EngineModel, request: Request, *,
                  callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
-                 output_type: str = "pt") -> torch.Tensor:
+                 output_type: str = "pt", extra: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Run `request`: encode the prompts, then the pipeline's own `__call__` (denoising loop,
-    expert switch, decode). Returns the decoded output (or latents, `output_type="latent"`)."""
+    expert switch, decode). Returns the decoded output (or latents, `output_type="latent"`).
+    `extra`: more `__call__` arguments (`max_sequence_length` …), seen by `encode_prompts`."""
     validate(model, request)
-    embeds = encode_prompts(pipe, model, request)
-    result = pipe(**embeds, **call_kwargs(model, request), output_type=output_type,
-                  callback_on_step_end=callback_on_step_end, return_dict=False)
+    embeds = encode_prompts(pipe, model, request, extra)
+    # The initial noise is drawn on the CPU from the request's seed: the same on every device.
+    noise = torch.Generator().manual_seed(request.seed)
+    result = pipe(**embeds, **call_kwargs(model, request), **(extra or {}), output_type=output_type,
+                  generator=noise, callback_on_step_end=callback_on_step_end, return_dict=False)
     return result[0]

@@ -2,7 +2,9 @@
 
 A backend holds what every run of one (model, request, scale) shares — the recorded schedule,
 the simulator's call times, the GPU's pinned host weights — and makes a fresh device (and,
-for real runs, the pipeline bound to it) for each plan it is asked to run. `profile`, `tune`
+for real runs, the pipeline bound to it) for each plan it is asked to run. The schedule and
+pipelines come from an engine (`resbench.engines.base`: the zoo's modules or the diffusers
+pipeline), which the backend asks without knowing which it is. `profile`, `tune`
 (simulated and measured trials) and the GPU benchmarks all run plans through `Backend.run`;
 the device name is looked up once, in `make_backend`, and never tested again.
 """
@@ -16,12 +18,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from resbench.engines.base import Engine, make_engine
 from resbench.errors import InputError
 from resbench.execution.core import RunResult, execute
 from resbench.hardware import HardwareProfile
-from resbench.models.base import ModelSpec, build_component, materialize
-from resbench.pipeline import Pipeline, Request
-from resbench.record import record_schedule
+from resbench.models.base import ModelSpec
+from resbench.pipeline import Request, unit_slots_of
 from resbench.residency.plan import Plan
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
@@ -39,19 +41,22 @@ class Backend(ABC):
     """The dtype the schedule is recorded in (None: the model's, bf16)."""
 
     def __init__(self, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
-                 scale: float = 1.0, schedule: Schedule | None = None) -> None:
+                 scale: float = 1.0, schedule: Schedule | None = None,
+                 engine: Engine | str = "zoo") -> None:
+        """`engine`: an engine, or its name (`resbench.engines.base.ENGINES`)."""
         self.spec = spec
         self.request = request
         self.profile = profile
         self.scale = scale
+        self.engine = engine if isinstance(engine, Engine) else make_engine(engine, spec,
+                                                                             scale=scale)
         self._schedule = schedule
 
     @property
     def schedule(self) -> Schedule:
         """The request's schedule, recorded on first use."""
         if self._schedule is None:
-            self._schedule = record_schedule(self.spec, self.request, scale=self.scale,
-                                             dtype=self.schedule_dtype)
+            self._schedule = self.engine.record(self.request, dtype=self.schedule_dtype)
         return self._schedule
 
     @property
@@ -94,8 +99,9 @@ class SimBackend(Backend):
 
     def __init__(self, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
                  scale: float = 1.0, schedule: Schedule | None = None,
-                 call_times_s: Sequence[float] | None = None) -> None:
-        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule)
+                 engine: Engine | str = "zoo", call_times_s: Sequence[float] | None = None) -> None:
+        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule,
+                         engine=engine)
         self._call_times = call_times_s
 
     @property
@@ -131,8 +137,10 @@ class CpuBackend(Backend):
     schedule_dtype = torch.float32
 
     def __init__(self, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
-                 scale: float = 1.0, schedule: Schedule | None = None, seed: int = 0) -> None:
-        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule)
+                 scale: float = 1.0, schedule: Schedule | None = None,
+                 engine: Engine | str = "zoo", seed: int = 0) -> None:
+        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule,
+                         engine=engine)
         self.seed = seed
         host = sum(u.weight_bytes for u in self.schedule.units)
         if 2 * host > CPU_HOST_LIMIT_BYTES:
@@ -142,16 +150,14 @@ class CpuBackend(Backend):
                              f"--device sim")
 
     def components(self) -> dict[str, torch.nn.Module]:
-        return {c.name: materialize(build_component(c, self.scale), "cpu", seed=self.seed).float()
-                for c in self.spec.components}
+        return self.engine.components("cpu", dtype=torch.float32, seed=self.seed)
 
     def run_once(self, plan: Plan, budget_bytes: int | None, *, trace: bool,
                  keep_output: bool) -> RunResult:
         from resbench.devices.cpu import CpuDevice
 
-        components = self.components()
-        device = CpuDevice(components, capacity_bytes=budget_bytes or 1 << 62)
-        pipe = Pipeline(self.spec, components, device="cpu", dtype=torch.float32, scale=self.scale)
+        pipe = self.engine.pipeline(self.components(), device="cpu", dtype=torch.float32)
+        device = CpuDevice(unit_slots_of(pipe), capacity_bytes=budget_bytes or 1 << 62)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
                        tracer=Tracer(enabled=trace), keep_output=keep_output)
 
@@ -166,10 +172,12 @@ class CudaBackend(Backend):
 
     def __init__(self, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
                  scale: float = 1.0, schedule: Schedule | None = None,
-                 weights: Any = None, seed: int = 0) -> None:
+                 engine: Engine | str = "zoo", weights: Any = None, seed: int = 0) -> None:
+        """`weights`: the engine's `cuda_weights`, made once per process and shared."""
         if why := cuda_unavailable():
             raise InputError(f"--device cuda cannot run: {why}; use --device sim")
-        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule)
+        super().__init__(spec, request, profile=profile, scale=scale, schedule=schedule,
+                         engine=engine)
         self._weights = weights
         self.seed = seed
 
@@ -181,9 +189,7 @@ class CudaBackend(Backend):
     def weights(self) -> Any:
         """Host copies of every unit, pinned (built on first use: minutes at full size)."""
         if self._weights is None:
-            from resbench.devices.cuda import build_weights
-
-            self._weights = build_weights(self.spec.components, scale=self.scale, seed=self.seed)
+            self._weights = self.engine.cuda_weights(seed=self.seed)
         return self._weights
 
     @contextlib.contextmanager
@@ -196,8 +202,10 @@ class CudaBackend(Backend):
         from resbench.devices.cuda import CudaDevice
 
         weights = self.weights
-        device = CudaDevice(weights.components, weights.host, budget_bytes=budget_bytes)
-        pipe = Pipeline(self.spec, weights.components, device=device.device, scale=self.scale)
+        cuda = current_cuda()
+        pipe = self.engine.pipeline(weights.components, device=cuda)
+        device = CudaDevice(unit_slots_of(pipe), weights.host, budget_bytes=budget_bytes,
+                            device=cuda)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
                        tracer=Tracer(enabled=trace), keep_output=keep_output)
 
@@ -240,10 +248,17 @@ def resolve_device(name: str) -> str:
 
 
 def make_backend(device: str, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
-                 scale: float = 1.0, schedule: Schedule | None = None) -> Backend:
-    """The backend for a device name (`auto`, `sim`, `cpu`, `cuda`)."""
+                 scale: float = 1.0, schedule: Schedule | None = None,
+                 engine: Engine | str = "zoo") -> Backend:
+    """The backend for a device name (`auto`, `sim`, `cpu`, `cuda`) running `engine`'s
+    pipeline (an engine or its name)."""
     return BACKENDS[resolve_device(device)](spec, request, profile=profile, scale=scale,
-                                            schedule=schedule)
+                                            schedule=schedule, engine=engine)
+
+
+def current_cuda() -> torch.device:
+    """The current CUDA device, with its index."""
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def cuda_unavailable() -> str | None:

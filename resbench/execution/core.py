@@ -22,7 +22,7 @@ from resbench.devices.base import Device
 from resbench.drivers.replay import ReplayDriver
 from resbench.errors import DeviceOOMError
 from resbench.models.base import REST
-from resbench.pipeline import Pipeline, Request
+from resbench.pipeline import ManagedPipeline, Request
 from resbench.residency.manager import ResidencyManager
 from resbench.residency.plan import Plan
 from resbench.residency.strategies import LayerwiseConfig
@@ -76,7 +76,7 @@ class Execution:
     """
 
     def __init__(self, schedule: Schedule, plan: Plan, device: Device, *,
-                 pipeline: Pipeline | None = None, tracer: Tracer | None = None) -> None:
+                 pipeline: ManagedPipeline | None = None, tracer: Tracer | None = None) -> None:
         from resbench.drivers.torch_driver import TorchDriver
 
         self.schedule = schedule
@@ -143,7 +143,7 @@ class Execution:
             component=call.component if call else None, unit=call.unit if call else None)
 
 
-def execute(schedule: Schedule, plan: Plan, device: Device, *, pipeline: Pipeline | None = None,
+def execute(schedule: Schedule, plan: Plan, device: Device, *, pipeline: ManagedPipeline | None = None,
             request: Request | None = None, tracer: Tracer | None = None,
             keep_output: bool = False) -> RunResult:
     """Run one request of `schedule` under `plan` on `device`; see `Execution`."""

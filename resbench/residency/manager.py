@@ -87,6 +87,9 @@ class ResidencyManager:
         self.setup_s = self.device.clock_s() - setup_start
 
     def request_start(self) -> None:
+        # One setup serves many requests (apply_plan): what a request tracks starts empty.
+        self._current.clear()
+        self._handed_off.clear()
         self._request_start_s = self.device.clock_s()
         self.tracer.stage = ""
         self.tracer.step = -1

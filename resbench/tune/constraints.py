@@ -1,7 +1,7 @@
 """What a study was built under, recorded in it and checked on every rerun.
 
 A study's trials were judged feasible under one device budget, host budget, hardware
-profile, request, model scale, sweep, scoring device and resbench version. Adding trials
+profile, request, model scale, sweep, scoring device, engine and resbench version. Adding trials
 under other constraints, or picking a best trial judged under them, would give a wrong
 answer (a plan that does not fit, written with exit 0). So the first run records them in
 the study (`user_attrs["constraints"]`) and every later run must match them exactly, or
@@ -32,8 +32,8 @@ def _digest(doc: Any) -> str:
 
 
 def study_constraints(model: str, request: Request, profile: HardwareProfile, budget_bytes: int,
-                      host_budget_bytes: int, scale: float, sweep: Path, device: str
-                      ) -> dict[str, Any]:
+                      host_budget_bytes: int, scale: float, sweep: Path, device: str,
+                      engine: str = "zoo") -> dict[str, Any]:
     """The constraints of a tune run, as plain JSON values."""
     return {
         "model": model,
@@ -45,6 +45,7 @@ def study_constraints(model: str, request: Request, profile: HardwareProfile, bu
         "scale": float(scale),
         "sweep_digest": _digest(Path(sweep).read_text()),
         "device": device,
+        "engine": engine,
         "resbench_version": __version__,
     }
 
@@ -69,6 +70,7 @@ def check_constraints(study: optuna.Study, constraints: dict[str, Any]) -> None:
                 f"(--study-name or --storage)")
         study.set_user_attr(KEY, constraints)
         return
+    stored = {"engine": "zoo", **stored}  # studies made before engines ran the zoo
     diffs = [f"{k} {_show(k, stored.get(k))} (this run: {_show(k, v)})"
              for k, v in constraints.items() if stored.get(k) != v]
     if diffs:

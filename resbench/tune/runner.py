@@ -21,6 +21,7 @@ from typing import Any, Literal
 import optuna
 
 from resbench.analysis.budget import min_budget_bytes
+from resbench.engines.base import Engine, make_engine
 from resbench.errors import DoesNotFitError, InputError
 from resbench.execution import Backend, cuda_unavailable, make_backend
 from resbench.hardware import HardwareProfile, profile_dict
@@ -28,7 +29,6 @@ from resbench.models.base import ModelSpec
 from resbench.models.registry import get_model
 from resbench.pipeline import Request
 from resbench.profile import resolve_hardware
-from resbench.record import record_schedule
 from resbench.residency.plan import Plan, plan_from_dict
 from resbench.resources import load_presets, sweep_path
 from resbench.schedule import Schedule
@@ -71,6 +71,9 @@ class TuneOptions:
     """Pinned host memory the plan may use; None: the profile's host RAM."""
     scale: float = 1.0
     """Model scale (tests use small ones)."""
+    engine: str | None = None
+    """diffusers | zoo: where the pipeline comes from; None: diffusers for the models it
+    implements, else zoo (`resbench.engines.base`)."""
     sweep: Path | None = None
     """Sweep TOML; None: the shipped sweeps/<family>.toml, else sweeps/default.toml."""
     presets_dir: Path | None = None
@@ -127,6 +130,7 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = get_model(options.model)
     request = Request.for_model(spec, **options.request)
+    engine = make_engine(options.engine, spec, scale=options.scale)
     profile = resolve_hardware(options.hardware)
     budget = _check_budget(options.budget_bytes, profile, log)
     host_budget = options.host_budget_bytes or profile.host_ram_bytes
@@ -145,7 +149,8 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     name = options.study_name or study_name(
         spec.name, profile.name, budget, request, scale=options.scale, pareto=pareto,
         sweep=None if options.sweep is None else Path(options.sweep).stem,
-        host_budget_bytes=options.host_budget_bytes, measured=options.device == "cuda")
+        host_budget_bytes=options.host_budget_bytes, measured=options.device == "cuda",
+        engine=engine.name)
     secret_url = options.storage or default_storage(name)
     storage = open_storage(secret_url)
     storage_url = redact_url(secret_url)  # what is printed and saved: never the password
@@ -160,10 +165,11 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
                        sampler=make_sampler(sampler_name, seed=seed, n_objectives=n_objectives))
     log(f"study {name} in {storage_url} ({existing} trials so far)")
     constraints = study_constraints(spec.name, request, profile, budget, host_budget,
-                                    options.scale, sweep_file, options.device)
+                                    options.scale, sweep_file, options.device, engine.name)
     check_constraints(study, constraints)
     if "model" not in study.user_attrs:  # what the study searches for, for reports
-        for key, value in {"model": spec.name, "request": dataclasses.asdict(request),
+        for key, value in {"model": spec.name, "engine": engine.name,
+                           "request": dataclasses.asdict(request),
                            "hardware": profile.name, "hardware_profile": profile_dict(profile),
                            "budget_bytes": budget, "scale": options.scale,
                            "host_budget_bytes": host_budget, "sweep": str(sweep_file)}.items():
@@ -171,10 +177,10 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
 
     if schedule is None:
         log(f"recording the schedule of {spec.name} at {_request_text(request)}")
-        schedule = record_schedule(spec, request, scale=options.scale)
+        schedule = engine.record(request)
     space = sweep.bind(schedule)
     gpu = (make_backend("cuda", spec, request, profile=profile, scale=options.scale,
-                        schedule=schedule) if options.device == "cuda" else None)
+                        schedule=schedule, engine=engine) if options.device == "cuda" else None)
     evaluator = Evaluator(schedule, profile, budget_bytes=budget, host_budget_bytes=host_budget,
                           backend=gpu)
     baselines = _baselines(options.presets_dir, space, evaluator, spec)
@@ -221,7 +227,7 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     if options.validate and options.device == "sim":
         best, validation, note, baselines, all_resident = _validate(
             ranked, options, spec, request, profile, schedule, budget, capacity, best,
-            baselines, all_resident, log)
+            baselines, all_resident, log, engine)
     elif options.validate:
         note = "measured on the GPU (--validate not needed)"
     if gpu is not None:
@@ -393,7 +399,7 @@ def _no_feasible(trials: list[optuna.trial.FrozenTrial], space: SearchSpace,
 def _validate(ranked: list[optuna.trial.FrozenTrial], options: TuneOptions, spec: ModelSpec,
               request: Request, profile: HardwareProfile, schedule: Schedule, budget: int,
               capacity: int, best: Evaluation, baselines: list[Baseline],
-              all_resident: Evaluation, log: Callable[[str], None],
+              all_resident: Evaluation, log: Callable[[str], None], engine: Engine,
               ) -> tuple[Evaluation, tuple[Validation, ...], str, list[Baseline], Evaluation]:
     """Re-run the best `options.validate` simulated plans on the GPU — and, in the same
     process on the same card, every preset that fits and all-resident on the whole card,
@@ -403,7 +409,7 @@ def _validate(ranked: list[optuna.trial.FrozenTrial], options: TuneOptions, spec
         log(f"--validate {options.validate}: {why}; the result is simulated")
         return best, (), f"simulated ({why}: not validated)", baselines, all_resident
     gpu = make_backend("cuda", spec, request, profile=profile, scale=options.scale,
-                       schedule=schedule)
+                       schedule=schedule, engine=engine)
     try:
         seen: set[str] = set()
         rows: list[Validation] = []

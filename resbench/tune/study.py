@@ -64,11 +64,15 @@ def request_label(request: Request) -> str:
 
 def study_name(model: str, hardware: str, budget_bytes: int, request: Request, *,
                scale: float = 1.0, pareto: bool = False, sweep: str | None = None,
-               host_budget_bytes: int | None = None, measured: bool = False) -> str:
+               host_budget_bytes: int | None = None, measured: bool = False,
+               engine: str = "zoo") -> str:
     """The default study name: every constraint a user sets on the command line is in it
-    (the host budget when given, `cuda` for measured trials), so changing one starts a new
-    study instead of meeting the stored-constraints check."""
+    (the host budget when given, `cuda` for measured trials, the engine unless it is the
+    zoo, whose studies predate engines), so changing one starts a new study instead of
+    meeting the stored-constraints check."""
     parts = [model, hardware, budget_label(budget_bytes), request_label(request)]
+    if engine != "zoo":
+        parts.append(engine)
     if host_budget_bytes is not None:
         parts.append(f"host{budget_label(host_budget_bytes)}")
     if measured:

@@ -19,7 +19,7 @@ from resbench.devices.cpu import CpuDevice
 from resbench.drivers.torch_driver import TorchDriver
 from resbench.models import get_model
 from resbench.models.base import build_component, materialize
-from resbench.pipeline import Pipeline, Request, step_plan
+from resbench.pipeline import Pipeline, Request, step_plan, unit_slots_of
 from resbench.record import record_schedule
 from resbench.residency import (
     LayerwiseConfig,
@@ -77,11 +77,10 @@ def expert_bytes(model: str) -> int:
 
 def managed(model: str, plan: Plan, components: dict[str, torch.nn.Module],
             capacity_bytes: int = 1 << 62) -> tuple[torch.Tensor, ResidencyManager, CpuDevice]:
-    spec = get_model(model)
-    device = CpuDevice(components, capacity_bytes=capacity_bytes)
+    pipe = Pipeline(get_model(model), components, dtype=torch.float32, scale=SCALE)
+    device = CpuDevice(unit_slots_of(pipe), capacity_bytes=capacity_bytes)
     schedule = schedule_for(model)
     manager = ResidencyManager(schedule, plan, device, kinds=schedule.kinds)
-    pipe = Pipeline(spec, components, dtype=torch.float32, scale=SCALE)
     return TorchDriver(pipe, manager).run(request_for(model)), manager, device
 
 

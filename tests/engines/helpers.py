@@ -25,3 +25,17 @@ FLUX_TINY = {
                     "joint_attention_dim": 32, "pooled_projection_dim": 32},
     "vae": {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4},
 }
+
+
+def word_tokenizer(model_max_length: int = 512):
+    """A tiny word-level tokenizer (ids below the tiny encoders' vocabularies), standing in
+    for the tokenizers a real pipeline is loaded with."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", "a", "cat", "on", "mat", "red", "fox", "in", "the",
+             "snow", "photo", "of"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=model_max_length)

@@ -10,7 +10,7 @@ from resbench.devices.cpu import CpuDevice
 from resbench.drivers.torch_driver import TorchDriver
 from resbench.models import get_model
 from resbench.models.base import build_component, materialize
-from resbench.pipeline import Pipeline, Request
+from resbench.pipeline import Pipeline, Request, unit_slots_of
 from resbench.record import record_schedule
 from resbench.residency import Plan, ResidencyManager
 from resbench.schedule import Schedule
@@ -66,10 +66,9 @@ def reference_output(model: str) -> torch.Tensor:
 def managed_run(model: str, plan: Plan, capacity_bytes: int = 1 << 62):
     """Run `plan` on the CPU device; returns (output, manager, device)."""
     spec = get_model(model)
-    components = tiny_components(model)
-    device = CpuDevice(components, capacity_bytes=capacity_bytes)
+    pipe = Pipeline(spec, tiny_components(model), dtype=torch.float32, scale=SCALE)
+    device = CpuDevice(unit_slots_of(pipe), capacity_bytes=capacity_bytes)
     schedule = tiny_schedule(model)
     manager = ResidencyManager(schedule, plan, device, kinds=schedule.kinds)
-    pipe = Pipeline(spec, components, dtype=torch.float32, scale=SCALE)
     out = TorchDriver(pipe, manager).run(tiny_request(model))
     return out, manager, device

@@ -98,3 +98,35 @@ def test_plan_naming_unknown_component_is_rejected() -> None:
 
     with pytest.raises(InputError, match="no component 'transformer_3'"):
         managed_run("wan2.1-t2v-1.3b", Plan(components=(("transformer_3", ResidentConfig()),)))
+
+
+def test_one_setup_serves_many_requests() -> None:
+    """After one setup, a second request streams as the first did — nothing one request
+    tracks (uses in progress, groups handed to the next use) is left to the next — and
+    gives the same output."""
+    from resbench.devices.cpu import CpuDevice
+    from resbench.drivers.torch_driver import TorchDriver
+    from resbench.models import get_model
+    from resbench.pipeline import Pipeline, unit_slots_of
+    from resbench.residency import ResidencyManager
+    from tests.residency.helpers import SCALE, tiny_components, tiny_request, tiny_schedule
+
+    model = "wan2.2-t2v-a14b"
+    plan = Plan(policy="dynamic", components=(("default", LayerwiseConfig(prefetch_depth=3)),))
+    pipe = Pipeline(get_model(model), tiny_components(model), dtype=torch.float32, scale=SCALE)
+    schedule = tiny_schedule(model)
+    manager = ResidencyManager(schedule, plan, CpuDevice(unit_slots_of(pipe)), kinds=schedule.kinds)
+    driver = TorchDriver(pipe, manager)
+    manager.setup()
+    outputs = []
+    for _ in range(2):
+        with driver.request():
+            outputs.append(pipe.run(tiny_request(model), hooks=driver))
+    driver.remove()
+    events = manager.tracer.frame()
+    request = (events.kind == "request_start").cumsum()
+    prefetches = events[events.kind == "prefetch"].groupby(request).size()
+    assert list(prefetches.index) == [1, 2] and prefetches[1] == prefetches[2] > 0
+    assert torch.equal(outputs[0], reference_output(model))
+    assert torch.equal(outputs[1], outputs[0])
+    assert manager.leftover_units() == []

@@ -34,7 +34,7 @@ def error_line(err: str) -> str:
 def test_option_set_is_deliberate() -> None:
     names = sorted(p.opts[0] for p in tune_command.params)
     assert names == sorted([
-        "--model", "--budget", "--host-budget", "--hardware", "--sweep", "--n-trials",
+        "--model", "--engine", "--budget", "--host-budget", "--hardware", "--sweep", "--n-trials",
         "--timeout", "--sampler", "--objectives", "--seed", "--storage", "--study-name",
         "--device", "--validate", "--out", "--presets", "--scale", "--height", "--width",
         "--frames", "--steps", "--cfg", "--cfg-mode", "--batch", "--json", "--report",

@@ -1,17 +1,20 @@
-"""`DiffusersEngine`: a diffusers pipeline seen the way resbench sees a zoo model.
+"""`DiffusersPipeline`: a diffusers pipeline seen the way resbench sees a zoo `Pipeline`.
 
-What the rest of resbench takes from a zoo `ModelSpec` and its `Pipeline`, the engine gives
-for a real diffusers pipeline: components with kinds (`text_encoders`, `dits`, `vae`),
-residency units and their tensor slots, the stages' component uses, a default request, a
-recorded `Schedule`, and `run(request, hooks)`, which calls the same `PipelineHooks`
-callbacks the zoo pipeline calls (so a driver can put block hooks on `blocks(component)` and
-follow the run). It is not wired into the CLI or the execution layer.
+What the rest of resbench takes from a zoo `ModelSpec` and its `Pipeline`, this gives for a
+real diffusers pipeline: components with kinds (`text_encoders`, `dits`, `vae`), residency
+units and their tensor slots, the stages' component uses, a default request, a recorded
+`Schedule`, and `run(request, hooks)`, which calls the same `PipelineHooks` callbacks the
+zoo pipeline calls. It is a `resbench.pipeline.ManagedPipeline`: the torch driver hooks its
+`blocks`, a device moves the tensors of its `unit_slots`.
+
+It wraps any pipeline of an engine model: one built from the shipped configs
+(`DiffusersPipeline.build`), or a user's own (`apply_plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,19 +34,22 @@ STAGES = ("text_encode", "denoise", "decode")
 
 
 @dataclass(eq=False)
-class DiffusersEngine:
-    """An engine model and its built diffusers pipeline (`pipe`, a real `WanPipeline` …)."""
+class DiffusersPipeline:
+    """An engine model and a diffusers pipeline of it (`pipe`, a real `WanPipeline` …)."""
 
     model: EngineModel
     pipe: Any
     scale: float = 1.0
+    _units: dict[str, list[Unit]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, name: str, *, scale: float = 1.0,
               overrides: Mapping[str, Mapping[str, Any]] | None = None,
-              device: torch.device | str = "meta", seed: int = 0) -> DiffusersEngine:
+              device: torch.device | str = "meta", seed: int = 0,
+              dtype: torch.dtype | None = None) -> DiffusersPipeline:
         """Build engine model `name` (see `build_pipeline`)."""
-        pipe = build_pipeline(name, scale=scale, overrides=overrides, device=device, seed=seed)
+        pipe = build_pipeline(name, scale=scale, overrides=overrides, device=device, seed=seed,
+                              dtype=dtype)
         return cls(get_engine_model(name), pipe, scale)
 
     # -- what a ModelSpec gives ---------------------------------------------------------------
@@ -77,8 +83,11 @@ class DiffusersEngine:
 
     # -- units ---------------------------------------------------------------------------------
     def units(self) -> dict[str, list[Unit]]:
-        """Per component, its residency units: blocks in order, then `rest`."""
-        return residency_units(self.pipe)
+        """Per component, its residency units: blocks in order, then `rest` (found once: the
+        slots name modules and attributes, which stay valid while tensors are rebound)."""
+        if self._units is None:
+            self._units = residency_units(self.pipe)
+        return self._units
 
     def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]:
         """Unit name → (module, attribute) of its tensors, as `models.base.unit_slots`."""
@@ -93,7 +102,7 @@ class DiffusersEngine:
         return uses(self.model, STAGES)
 
     # -- running -------------------------------------------------------------------------------
-    def materialize(self, device: torch.device | str = "cpu", *, seed: int = 0) -> DiffusersEngine:
+    def materialize(self, device: torch.device | str = "cpu", *, seed: int = 0) -> DiffusersPipeline:
         """Give every meta-built component random weights on `device` (`build.materialize`)."""
         for name, module in self.components.items():
             materialize(module, device, seed=seed, name=name)
