@@ -423,7 +423,13 @@ class CudaDevice(Device):
 
     def _unbind(self, key: UnitKey) -> None:
         for m, n in self._slots[key]:
-            dtype = getattr(m, n).dtype
+            current = getattr(m, n)
+            dtype = current.dtype
+            if not isinstance(current, nn.Parameter):
+                # A buffer slot holds the placeholder object itself: one shared by several
+                # buffers would make them one tensor to whoever lists the slots next.
+                _rebind(m, n, torch.empty(0, dtype=dtype, device=self.device))
+                continue
             empty = self._empty.get(dtype)
             if empty is None:
                 empty = self._empty[dtype] = torch.empty(0, dtype=dtype, device=self.device)

@@ -232,3 +232,13 @@ def test_what_apply_plan_refuses(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not know a WanPipeline with components "
                                          "text_encoder, transformer_2, vae; it knows"):
         resbench.apply_plan(pipe, "all-resident", device="cpu")
+
+
+def test_the_readme_lines_apply_a_shipped_tuned_plan() -> None:
+    pipe = wan()
+    reference = generate(pipe, WAN_CALL)
+    plan = Path(__file__).parents[2] / "strategies/wan2.2-t2v-a14b/h100-80g-calibrated-48GB.tuned.toml"
+    handle = resbench.apply_plan(pipe, plan, device="cpu")
+    assert torch.equal(generate(pipe, WAN_CALL), reference)
+    assert "plan 'wan2.2-t2v-a14b/h100-80g-calibrated/48GB/tuned' (policy dynamic)" in repr(handle)
+    handle.remove()
