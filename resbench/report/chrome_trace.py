@@ -37,6 +37,7 @@ import pandas as pd
 
 from resbench.analysis import step_timeline, transfer_outcomes
 from resbench.analysis.breakdown import span_rows, stage_windows
+from resbench.errors import InputError
 
 GPU, HOST = 0, 1
 COMPUTE_TID, H2D_TID, D2H_TID = 7, 13, 14
@@ -52,6 +53,9 @@ MEMCPY = {
 }
 STREAM_TID = {"compute": COMPUTE_TID, "h2d": H2D_TID, "d2h": D2H_TID}
 DEFAULT_MAX_EVENTS = 1_000_000
+
+TRACE_SCHEMA = 1
+"""Version of the `resbench` block a trace carries (its events follow the Chrome format)."""
 
 
 def _ns(seconds: float) -> int:
@@ -223,7 +227,7 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
         "displayTimeUnit": "ms",
         "schemaVersion": 1,
         "distributedInfo": {"rank": 0, "world_size": 1},
-        "resbench": meta,
+        "resbench": {"schema": TRACE_SCHEMA, **meta},
         "traceName": str(meta.get("name", "resbench")),
     }
     if meta.get("capacity_bytes"):
@@ -290,11 +294,18 @@ def write_chrome_trace(doc: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def read_chrome_trace(path: str | Path) -> dict[str, Any]:
+    """A trace written by `write_chrome_trace`; a resbench trace of another schema is an
+    `InputError` naming both versions."""
     p = Path(path)
     raw = p.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
-    return json.loads(raw)
+    doc = json.loads(raw)
+    block = doc.get("resbench") if isinstance(doc, dict) else None
+    if isinstance(block, dict) and block.get("schema", TRACE_SCHEMA) != TRACE_SCHEMA:
+        raise InputError(f"{p}: trace schema {block['schema']!r} found; this resbench reads "
+                         f"trace schema {TRACE_SCHEMA}")
+    return doc
 
 
 def trace_meta(run: Any) -> dict[str, Any]:

@@ -139,3 +139,18 @@ def test_run_export_carries_its_metadata(saved_run, tmp_path):
     assert doc["deviceProperties"][0]["totalGlobalMem"] == run.capacity_bytes
     path = write_chrome_trace(doc, tmp_path / "plain.json")
     assert json.loads(path.read_text()) == doc
+
+
+def test_a_trace_of_another_schema_names_both_versions(tmp_path):
+    from resbench.errors import InputError
+    from resbench.report.chrome_trace import TRACE_SCHEMA
+
+    schedule, _, tracer = simulate_synthetic()
+    doc = to_chrome_trace(tracer.frame(), GOLDEN_META)
+    assert doc["resbench"]["schema"] == TRACE_SCHEMA
+    path = write_chrome_trace(doc, tmp_path / "t.json.gz")
+    assert read_chrome_trace(path)["resbench"]["schema"] == TRACE_SCHEMA
+    doc["resbench"]["schema"] = 9
+    newer = write_chrome_trace(doc, tmp_path / "newer.json.gz")
+    with pytest.raises(InputError, match=r"trace schema 9 found; this resbench reads trace schema 1"):
+        read_chrome_trace(newer)
