@@ -18,8 +18,6 @@ The manager never knows which device it runs on. It names units by `UnitKey`
   (the simulator advances its clock here; real devices record time tokens).
 * `used_bytes()`, `free_bytes()`, `peak_bytes()` — the device-memory ledger against the
   budget; `pinned_bytes()` — host memory pinned for units.
-* `host_tensors(key)` — a unit's authoritative host copy, one tensor per slot (devices that
-  move real tensors; `apply_plan` gives a user's weights back from them).
 * `now()` — a time token on the compute stream; `resolve(token)` → seconds since start.
 
 Lifecycle (the base class gives each a no-op default, so callers never ask which device
@@ -37,6 +35,7 @@ counts from `h2d` until `drop`/`d2h`. A device that cannot satisfy an allocation
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,76 +59,90 @@ class Transfer:
     handle: Any = None  # device-specific (CUDA event)
 
 
-class Device:
+class Device(ABC):
     """Base of the three devices: the operations above are abstract, the lifecycle no-ops."""
 
     name: str = ""
     kind: str = ""  # "cpu" | "cuda" | "sim": for labels and results, never for branching
 
+    @abstractmethod
     def register(self, key: UnitKey, nbytes: int, *, pinned: bool) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def place_unmanaged(self, key: UnitKey) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def wait(self, transfer: Transfer) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def drop(self, key: UnitKey) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def d2h(self, key: UnitKey) -> Transfer:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def free_pool(self, name: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compute_begin(self, call: UnitCall) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compute_end(self, call: UnitCall) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def used_bytes(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def free_bytes(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def peak_bytes(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def pinned_bytes(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def now(self) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def resolve(self, token: Any) -> float:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def on_device(self, key: UnitKey) -> bool:
-        raise NotImplementedError
-
-    def host_tensors(self, key: UnitKey) -> list[Any]:
-        raise NotImplementedError
+        ...
 
     # -- lifecycle: no-ops unless a device has something to do --------------------------------
-    def begin_setup(self) -> None:
+    def begin_setup(self) -> None:  # noqa: B027 - a no-op default (see the module docstring)
         """Before the loads that precede the first request."""
 
-    def end_setup(self) -> None:
+    def end_setup(self) -> None:  # noqa: B027 - a no-op default
         """After them (a real card prepares the host copies the request will stream from)."""
 
+    @abstractmethod
     def clock_s(self) -> float:
         """Seconds on this device's clock, all issued work finished."""
-        raise NotImplementedError
 
     def compute_busy_s(self) -> float | None:
         """Seconds the compute stream was busy, when known without a trace."""
@@ -139,15 +152,15 @@ class Device:
         """Peak bytes the device's allocator held (None: no allocator beside the ledger)."""
         return None
 
+    @abstractmethod
     def capacity_bytes(self) -> int:
         """Device bytes a run may fill (the budget; the simulator's net of fragmentation)."""
-        raise NotImplementedError
 
     def ledger_peak_bytes(self) -> int:
         """Peak of the program-order ledger (weights, pools, and activations where modelled)."""
         return self.peak_bytes()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default
         """Free every device copy and pool; the device is not used again."""
 
 

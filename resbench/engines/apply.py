@@ -32,12 +32,12 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from resbench.devices.base import Device, UnitKey
+from resbench.devices.base import UnitKey
 from resbench.devices.cpu import CpuDevice, _rebind
 from resbench.drivers.torch_driver import TorchDriver
 from resbench.engines.catalog import ENGINE_MODELS, EngineModel
@@ -51,6 +51,9 @@ from resbench.residency.plan import Plan, config_to_dict
 from resbench.resources import resolve_plan
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
+
+if TYPE_CHECKING:
+    from resbench.devices.cuda import CudaDevice
 from resbench.units import format_bytes
 
 HANDLE_ATTR = "_resbench_handle"
@@ -232,7 +235,8 @@ def record_call(pipe: Any, cls: type, model: EngineModel, shape: CallShape) -> S
 class Placement:
     """A device holding the pipeline's weights, and what frees its host copies afterwards."""
 
-    device: Device
+    device: CpuDevice | CudaDevice
+    """A device that moves real tensors: `host_tensors` gives a user's weights back."""
     release: Callable[[], None] = lambda: None
 
 
