@@ -57,6 +57,9 @@ class CpuDevice(Device):
     def host_tensors(self, key: UnitKey) -> list[torch.Tensor]:
         return self._host[key]
 
+    def release_host(self, key: UnitKey) -> None:
+        del self._host[key]
+
     # -- moves -------------------------------------------------------------------------------
     def place_unmanaged(self, key: UnitKey) -> None:
         self.ledger.place(key, self._nbytes[key], None)

@@ -142,6 +142,10 @@ class CudaDevice(Device):
         assert buf is not None
         return unit.layout.views(buf)
 
+    def release_host(self, key: UnitKey) -> None:
+        """Forget the unit's host copy (after `host_tensors` was copied out)."""
+        self.host.release(key)
+
     def unit_keys(self) -> list[UnitKey]:
         return list(self._slots)
 

@@ -159,6 +159,21 @@ class HostWeights:
                     seen[b.data_ptr()] = b.numel()
         return sum(seen.values())
 
+    def release(self, key: UnitKey) -> None:
+        """Forget one unit's host copy, unlocking its pinned buffer unless another unit
+        shares it: its memory goes back with the last view of it."""
+        unit = self.units.pop(key)
+        buf = unit.pinned
+        if buf is None or any(u.pinned is buf for u in self.units.values()):
+            return
+        for i, registered in enumerate(self._registered):
+            if registered is buf:
+                if unit.ready is not None:
+                    unit.ready.synchronize()
+                torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(buf.data_ptr()))
+                del self._registered[i]
+                return
+
     def close(self) -> None:
         """Unlock every registered buffer (call before dropping the last reference)."""
         if self._registered:

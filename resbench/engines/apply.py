@@ -333,6 +333,8 @@ class _Session:
             self.driver.remove()
         device = self.placement.device
         device.close()
+        # Unit by unit, each host copy forgotten once copied out: the host holds the weights
+        # once more by one unit at most.
         for key, entries in self.originals.items():
             hosts = device.host_tensors(key)
             for (module, name, original, where), host in zip(entries, hosts, strict=True):
@@ -340,6 +342,8 @@ class _Session:
                     original.data = host.to(where, copy=True)
                 else:
                     module._buffers[name] = original
+            del hosts
+            device.release_host(key)
         self.placement.release()
 
 
