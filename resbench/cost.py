@@ -23,6 +23,9 @@ The model of one call `c` on profile `p`::
   H100 machine, `resbench calibrate`) overlaps the GPU's work: a call costs the larger of the
   two, not their sum. Small calls are dispatch-bound, large ones compute-bound.
 
+An adapter merge (`MergeCall`) is priced by the same formula from its GEMM FLOPs, bytes and
+kernels (`merge_time_s`).
+
 `overrides` maps (component, unit) to measured seconds of one call of that unit on the real
 card; an override replaces the model for every call of the unit.
 
@@ -41,7 +44,7 @@ from resbench.errors import InputError
 from resbench.hardware import Direction, HardwareProfile
 
 if TYPE_CHECKING:
-    from resbench.schedule import UnitCall
+    from resbench.schedule import MergeCall, UnitCall
 
 
 def class_time_s(flops: float, peak_flops_per_s: float, half_flops: float) -> float:
@@ -109,6 +112,12 @@ class CostModel:
                 seconds = memo[key] = self.call_time_s(c)
             out.append(seconds)
         return out
+
+    def merge_time_s(self, merge: MergeCall) -> float:
+        """Seconds of an adapter merge on the compute stream: its GEMMs and in-place adds,
+        by the formula of the module docstring (the factors' copy is the simulator's)."""
+        return self.modelled_time_s(merge.gemm_flops, 0, 0, merge.memory_bytes, merge.op_count,
+                                    merge.gemm_fp32_flops)
 
     def transfer_time_s(self, nbytes: int, direction: Direction, pinned: bool = True) -> float:
         return self.profile.transfer_time_s(nbytes, direction, pinned)

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
+from resbench.adapters import LoraAdapter
 from resbench.errors import InputError
 from resbench.models.base import ModelSpec, ResidencyComponent, TensorSlot, unit_slots
 from resbench.schedule import ComponentUse
@@ -118,6 +119,13 @@ class PipelineHooks:
 
     def step_skipped(self, step: int, denoiser: str) -> None: ...
 
+    def merge(self, component: str, adapter: LoraAdapter) -> bool:
+        """`adapter` must be merged into `component` before its next call. True: the hooks see
+        to it (a residency manager merges on the device, or knows the copy it loads is
+        merged; a recorder records the merge); False: the pipeline merges it itself, once
+        (`resbench.adapters.ensure_merged`)."""
+        return False
+
 
 class ManagedPipeline(Protocol):
     """What the torch driver and the real devices need from a pipeline to run it under the
@@ -132,6 +140,9 @@ class ManagedPipeline(Protocol):
       unit by rebinding these slots.
     * `run(request, hooks)`: run one request, calling `hooks`' stage, step and component
       callbacks (`PipelineHooks`) around every component entry point.
+    * `adapters()`: (component, adapter name) → the `LoraAdapter` the pipeline merges into
+      that component during a request (empty for most pipelines): the manager may merge it
+      before the request (a resident merged copy, a snapshot), so it must be known up front.
 
     Unit names are the schedule's: a schedule recorded from a pipeline names its units.
     """
@@ -144,6 +155,8 @@ class ManagedPipeline(Protocol):
     def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]: ...
 
     def run(self, request: Request, hooks: PipelineHooks | None = None) -> torch.Tensor: ...
+
+    def adapters(self) -> dict[tuple[str, str], LoraAdapter]: ...
 
 
 UnitSlots = dict[str, dict[str, list[TensorSlot]]]
@@ -325,6 +338,10 @@ class Pipeline:
     def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]:
         """Unit name → slots of its tensors (`models.base.unit_slots`)."""
         return unit_slots(self.components[component])
+
+    def adapters(self) -> dict[tuple[str, str], LoraAdapter]:
+        """No zoo model merges an adapter (`ManagedPipeline`)."""
+        return {}
 
     def text_len(self, encoder: str) -> int:
         """Prompt tokens for `encoder`: the model's length, shortened for scaled-down models."""

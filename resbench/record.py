@@ -24,9 +24,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from resbench.adapters import LoraAdapter
 from resbench.models.base import REST, ModelSpec, ResidencyComponent, build_component, unit_infos
 from resbench.pipeline import Pipeline, PipelineHooks, Request, validate_request
-from resbench.schedule import Schedule, UnitCall
+from resbench.schedule import MergeCall, Schedule, UnitCall
 
 _GEMM = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 _ATTENTION_PREFIX = "_scaled_dot_product"
@@ -161,6 +162,8 @@ class Recorder(PipelineHooks):
 
     def __init__(self, components: dict[str, nn.Module], cache_kinds: dict[str, bool] | None = None) -> None:
         self.calls: list[UnitCall | None] = []
+        self.modules = dict(components)
+        self.merges: list[MergeCall] = []
         # Blocks of stateless components (DiTs, text encoders) with the same structure and
         # input shapes cost the same: run the first, replay its costs for the others.
         self.cache: dict[tuple[Any, ...], tuple[UnitCall, Any]] = {}
@@ -287,6 +290,15 @@ class Recorder(PipelineHooks):
         self.calls[self._rest.position] = self._make(self._rest, self._rest.position)
         self._rest = None
 
+    def merge(self, component: str, adapter: LoraAdapter) -> bool:
+        """Record the merge before the next call (its costs from the adapter's shapes); the
+        meta weights are left as they are."""
+        cost = adapter.merge_cost(self.modules[component])
+        self.merges.append(MergeCall(index=len(self.merges), before_call=len(self.calls),
+                                     component=component, adapter=adapter.name, stage=self.stage,
+                                     **dataclasses.asdict(cost)))
+        return True
+
     # -- stages and steps ----------------------------------------------------------------------
     def stage_enter(self, stage: str) -> None:
         self.stage = stage
@@ -355,7 +367,8 @@ def record_schedule(spec: ModelSpec, request: Request, *, scale: float = 1.0,
     return Schedule(model=spec.name, scale=scale, request=dataclasses.asdict(request), units=units,
                     uses=tuple(pipe.uses()), stage_order=stage_order, calls=calls,
                     state_bytes=recorder.state_bytes,
-                    component_kinds=tuple((c.name, c.kind) for c in spec.components))
+                    component_kinds=tuple((c.name, c.kind) for c in spec.components),
+                    merges=tuple(recorder.merges))
 
 
 def timed_record(spec: ModelSpec, request: Request, *, scale: float = 1.0) -> tuple[Schedule, float]:

@@ -48,7 +48,7 @@ from resbench.fileio import PARTIAL, check_output_dir, dumps_json, install_dir, 
 from resbench.hardware import HardwareProfile, get_profile, profile_dict
 from resbench.models.base import UnitInfo
 from resbench.residency.plan import Plan, plan_from_dict
-from resbench.schedule import ComponentUse, Schedule, UnitCall
+from resbench.schedule import ComponentUse, MergeCall, Schedule, UnitCall
 from resbench.trace import COLUMNS, Tracer, to_parquet
 
 SCHEMA = 1
@@ -382,6 +382,7 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
         "component_kinds": [list(p) for p in schedule.component_kinds],
         "uses": [dataclasses.asdict(u) for u in schedule.uses],
         "units": columns(schedule.units, UnitInfo), "calls": columns(schedule.calls, UnitCall),
+        "merges": [dataclasses.asdict(m) for m in schedule.merges],
     }
 
 
@@ -398,6 +399,7 @@ def schedule_from_dict(doc: dict[str, Any], *, source: str = "schedule") -> Sche
         stage_order=tuple(doc["stage_order"]), calls=rows(doc["calls"], UnitCall),
         state_bytes=doc.get("state_bytes", 0),
         component_kinds=tuple(tuple(p) for p in doc.get("component_kinds", ())),
+        merges=tuple(MergeCall(**m) for m in doc.get("merges", ())),
     )
 
 

@@ -69,6 +69,40 @@ class UnitCall:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeCall:
+    """An adapter merged into a component's device weights, before unit call `before_call`.
+
+    Each adapted Linear gets ``W += scale · (B @ A)`` (LoRA factors A: r×in, B: out×r) in
+    place, on the device copy: from then on the device copy differs from the host copy, which
+    is what decides how the component can leave the device (drop and re-merge at the next
+    load, copy back: `snapshot`, or stay: `resident`). Costs, per adapted Linear of shape
+    out×in: the `B @ A` GEMM, ``2·out·r·in`` FLOPs (`gemm_flops`, or `gemm_fp32_flops` for
+    fp32 weights); the in-place add, which reads W and the product and writes W
+    (``3·out·in`` elements: `memory_bytes`); two kernels (`op_count`). `adapter_bytes` are
+    the factors' bytes, read from the host for the merge; `work_bytes` is the largest
+    product, the device memory the merge needs beside the weights. `index` is the merge's
+    position in `Schedule.merges`.
+    """
+
+    index: int
+    before_call: int
+    component: str
+    adapter: str
+    stage: str
+    linears: int
+    gemm_flops: int
+    memory_bytes: int
+    op_count: int
+    adapter_bytes: int
+    work_bytes: int
+    gemm_fp32_flops: int = 0
+
+    @property
+    def flops(self) -> int:
+        return self.gemm_flops + self.gemm_fp32_flops
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """Everything a replay needs: units (with weight bytes), stage uses, ordered calls.
 
@@ -88,6 +122,8 @@ class Schedule:
     state_bytes: int = 0
     component_kinds: tuple[tuple[str, str], ...] = ()
     """(component, kind) pairs: text_encoder | dit | vae (plans address kinds as groups)."""
+    merges: tuple[MergeCall, ...] = ()
+    """Adapters merged into device weights, in order (`MergeCall`): where weights change."""
 
     @property
     def kinds(self) -> dict[str, str]:

@@ -16,8 +16,15 @@ prefetch_skip   no     a prefetch was considered and not issued (`reason`)
 load            yes    an H2D transfer of one unit, on stream `h2d` (or `compute` if blocking)
 wait            yes    compute waits for a transfer; `stall_s` is how long it was blocked
 keep            no     a component stays on the device after its use (`reason`)
-release         no     a unit's device copy is dropped (`reason`: drop | d2h | end)
-d2h             yes    a copy back to the host (release = d2h)
+release         no     a unit's device copy is dropped (`reason`: after_use | evict | end |
+                       d2h | snapshot: ...)
+d2h             yes    a copy back to the host (`reason`: d2h, or `snapshot: <adapters>
+                       merged` when weights changed on the device are captured)
+merge           yes    an adapter merged into a component's device weights on the compute
+                       stream (`unit`: the adapter; `bytes`: its factors; `flops`; `reason`:
+                       first | re-merge | setup | snapshot)
+merge_skip      no     a merge the device copy already holds (`reason`: host copy merged |
+                       device copy merged)
 evict           no     a kept component is released to make room (`reason`)
 compute         yes    one unit call on the compute stream (`flops`)
 memory          no     counter sample: `device_bytes`, `pinned_bytes` after a change
@@ -41,10 +48,11 @@ COLUMNS = (
     "kind", "t_s", "end_s", "component", "unit", "stage", "step", "stream", "bytes",
     "reason", "stall_s", "flops", "device_bytes", "pinned_bytes",
 )
-SPAN_KINDS = frozenset({"setup", "load", "wait", "d2h", "compute"})
+SPAN_KINDS = frozenset({"setup", "load", "wait", "d2h", "compute", "merge"})
 KINDS = frozenset({
     "request_start", "request_end", "stage_enter", "stage_exit", "setup", "prepare", "prefetch",
     "prefetch_skip", "load", "wait", "keep", "release", "d2h", "evict", "compute", "memory",
+    "merge", "merge_skip",
 })
 
 

@@ -13,6 +13,9 @@ The manager never knows which device it runs on. It names units by `UnitKey`
 * `drop(key)` — free the unit's device copy (its host copy stays authoritative).
 * `d2h(key)` — copy the unit back to its host slab (weights changed on the device), then
   free the device copy; returns the `Transfer`.
+* `merge(merge, apply)` — merge an adapter into the device copies of a component's units on
+  the compute stream (`apply` does it on real tensors; the simulator prices it from the
+  schedule's costs); returns (start, end) time tokens.
 * `alloc_pool(name, slot_bytes, slots)` / `free_pool(name)` — fixed staging buffers.
 * `compute_begin(call)` / `compute_end(call)` — bracket one unit call on the compute stream
   (the simulator advances its clock here; real devices record time tokens).
@@ -36,11 +39,12 @@ counts from `h2d` until `drop`/`d2h`. A device that cannot satisfy an allocation
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from resbench.errors import DoesNotFitError
-from resbench.schedule import UnitCall
+from resbench.schedule import MergeCall, UnitCall
 from resbench.units import format_bytes
 
 UnitKey = tuple[str, str]
@@ -132,6 +136,14 @@ class Device(ABC):
     @abstractmethod
     def on_device(self, key: UnitKey) -> bool:
         ...
+
+    def merge(self, merge: MergeCall, apply: Callable[[], None]) -> tuple[Any, Any]:
+        """Run `apply`, which changes device copies in place with torch ops on the current
+        (compute) stream; returns the time tokens around it. Devices that move real tensors
+        keep this; the simulator prices the merge instead."""
+        start = self.now()
+        apply()
+        return start, self.now()
 
     # -- lifecycle: no-ops unless a device has something to do --------------------------------
     def begin_setup(self) -> None:  # noqa: B027 - a no-op default (see the module docstring)

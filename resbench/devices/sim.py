@@ -9,7 +9,11 @@ Clocks (seconds of virtual time):
   issued it. The host is modelled in lockstep with the compute stream: a copy issued while
   the manager prepares call *i* cannot start before call *i* could (the CUDA device orders
   staging-buffer reuse with events, which this reproduces);
-* a pageable copy blocks the host, so compute issued after it waits for it too.
+* a pageable copy blocks the host, so compute issued after it waits for it too;
+* a unit's H2D starts after any D2H of it has finished writing its host copy;
+* an adapter merge (`merge`) first copies the adapter's factors in on the H2D engine (from
+  pinned memory), then runs on the compute stream for `merge_times_s[merge.index]`, holding
+  the factors and its largest product (`work_bytes`) in the ledger while it runs.
 
 Memory is the same program-order ledger as the CPU device, against the budget: weights
 (rounded up to the allocator's block size), staging pools, request state and each call's
@@ -18,13 +22,13 @@ activation peak while it runs. A plan that does not fit raises `DoesNotFitError`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
-from resbench.schedule import UnitCall
+from resbench.schedule import MergeCall, UnitCall
 
 
 class SimDevice(Device):
@@ -33,8 +37,10 @@ class SimDevice(Device):
 
     def __init__(self, profile: HardwareProfile, *, unit_bytes: dict[UnitKey, int],
                  call_times_s: Sequence[float], capacity_bytes: int | None = None,
-                 state_bytes: int = 0) -> None:
+                 state_bytes: int = 0, merge_times_s: Sequence[float] = ()) -> None:
         self.profile = profile
+        self._merge_times = merge_times_s
+        self._host_ready: dict[UnitKey, float] = {}  # unit → end of the D2H writing its host copy
         capacity = profile.usable_bytes if capacity_bytes is None else capacity_bytes
         capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
         self.ledger = Ledger(capacity, reserved_bytes=state_bytes)
@@ -86,6 +92,8 @@ class SimDevice(Device):
         seconds, stream, nbytes = self._h2d[key]
         self.ledger.place(key, self._bytes[key], pool)
         start = self.h2d_free_t if self.h2d_free_t > self.compute_t else self.compute_t
+        if self._host_ready:
+            start = max(start, self._host_ready.pop(key, 0.0))
         end = start + seconds
         self.h2d_free_t = end
         if not self._duplex:
@@ -110,8 +118,29 @@ class SimDevice(Device):
         self.d2h_free_t = end
         if not self._duplex:
             self.h2d_free_t = end
+        self._host_ready[key] = end
         self.ledger.remove(key, self._bytes[key])
         return Transfer(key, self._raw_bytes[key], start, end, "d2h", "d2h")
+
+    def merge(self, merge: MergeCall, apply: Callable[[], None]) -> tuple[Any, Any]:
+        apply()
+        at = self.compute_t
+        ready = at
+        if merge.adapter_bytes:
+            start = max(self.h2d_free_t, at)
+            ready = start + self._latency + merge.adapter_bytes / self._bw[("h2d", True)]
+            self.h2d_free_t = ready
+            if not self._duplex:
+                self.d2h_free_t = ready
+            self.h2d_busy_s += ready - start
+        working = merge.adapter_bytes + merge.work_bytes
+        self.ledger.charge(working, (merge.component, merge.adapter),
+                           f"merge of {merge.adapter} into {merge.component}")
+        seconds = self._merge_times[merge.index]
+        self.compute_t = max(at, ready) + seconds
+        self.busy_compute_s += seconds
+        self.ledger.credit(working)
+        return at, self.compute_t
 
     def on_device(self, key: UnitKey) -> bool:
         return key in self.ledger.where

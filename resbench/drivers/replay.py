@@ -1,6 +1,7 @@
 """`ReplayDriver`: walks a recorded schedule through the residency manager, no torch work.
 
-On a `SimDevice` each unit call costs what the `CostModel` says on the hardware profile, and
+On a `SimDevice` each unit call (and adapter merge) costs what the `CostModel` says on the
+hardware profile, and
 the manager makes exactly the decisions it would make on the real card. `simulate` is the
 simulator's one-line entry point (`resbench.execution.execute` on a fresh `SimDevice`).
 """
@@ -53,10 +54,12 @@ class ReplayDriver:
 def sim_device(schedule: Schedule, profile: HardwareProfile, *, capacity_bytes: int | None = None,
                call_times_s: Sequence[float] | None = None) -> SimDevice:
     """A `SimDevice` for `schedule` on `profile` (`capacity_bytes`: the budget; None: the card)."""
-    times = call_times_s if call_times_s is not None else CostModel(profile).call_times(schedule.calls)
+    cost = CostModel(profile)
+    times = call_times_s if call_times_s is not None else cost.call_times(schedule.calls)
     unit_bytes = {(u.component, u.name): u.weight_bytes for u in schedule.units}
     return SimDevice(profile, unit_bytes=unit_bytes, call_times_s=times,
-                     capacity_bytes=capacity_bytes, state_bytes=schedule.state_bytes)
+                     capacity_bytes=capacity_bytes, state_bytes=schedule.state_bytes,
+                     merge_times_s=[cost.merge_time_s(m) for m in schedule.merges])
 
 
 def simulate(schedule: Schedule, plan: Plan, profile: HardwareProfile, *,

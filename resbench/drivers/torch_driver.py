@@ -6,7 +6,9 @@ whose call order differs from its recording fails loudly instead of streaming wr
 
 The pipeline is any `ManagedPipeline` (the zoo's, or the diffusers engine's): the driver
 hooks the blocks it lists and receives its `PipelineHooks` callbacks for component entries
-and stages. `run` is one request start to finish; a caller that runs the pipeline itself
+and stages. Adapter merges are the manager's: the pipeline's `merge` callback is answered
+"handled" (after checking the schedule merges that adapter there), and the manager's
+strategy merges the pipeline's `LoraAdapter` into the device copies, or skips it. `run` is one request start to finish; a caller that runs the pipeline itself
 brackets each of its requests with `request()` and calls `remove()` at the end.
 """
 
@@ -19,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from resbench.adapters import LoraAdapter
 from resbench.errors import ResbenchError
 from resbench.models.base import REST
 from resbench.pipeline import ManagedPipeline, PipelineHooks, Request
 from resbench.residency.manager import ResidencyManager
-from resbench.schedule import UnitCall
+from resbench.schedule import MergeCall, UnitCall
 
 
 class ScheduleMismatch(ResbenchError):
@@ -41,6 +44,8 @@ class TorchDriver(PipelineHooks):
         self._current: UnitCall | None = None
         self._open_rest: UnitCall | None = None
         self._handles: list[Any] = []
+        self.adapters = pipe.adapters()
+        manager.apply_merge = self._apply_merge
         for comp in pipe.components:
             for unit, block in pipe.blocks(comp):
                 self._hook(block, comp, unit)
@@ -90,6 +95,17 @@ class TorchDriver(PipelineHooks):
 
     def component_exit(self, component: str) -> None:
         self._close_rest()
+
+    def merge(self, component: str, adapter: LoraAdapter) -> bool:
+        upcoming = self.manager.index.merges_at.get(self.cursor, [])
+        if not any(m.component == component and m.adapter == adapter.name for m in upcoming):
+            raise ScheduleMismatch(f"call {self.cursor}: the pipeline merges {adapter.name} into "
+                                   f"{component}; the schedule does not merge it there")
+        return True
+
+    def _apply_merge(self, merge: MergeCall) -> None:
+        adapter = self.adapters[(merge.component, merge.adapter)]
+        adapter.merge_into(self.pipe.components[merge.component])
 
     # -- requests ------------------------------------------------------------------------------
     @contextmanager

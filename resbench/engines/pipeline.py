@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resbench.adapters import LoraAdapter
 from resbench.engines.build import build_pipeline, materialize
 from resbench.engines.catalog import EngineModel, get_engine_model
 from resbench.engines.hooks import PipelineHookBridge
@@ -96,6 +97,10 @@ class DiffusersPipeline:
     def blocks(self, component: str) -> list[tuple[str, nn.Module]]:
         """(unit name, module) of every block of `component`: where block hooks go."""
         return [(u.name, u.modules[0]) for u in self.units()[component] if u.block_index >= 0]
+
+    def adapters(self) -> dict[tuple[str, str], LoraAdapter]:
+        """Adapters the pipeline merges during a request (`ManagedPipeline`): none yet."""
+        return {}
 
     def uses(self) -> list[ComponentUse]:
         """The components each stage (text encode → denoise → decode) declares."""

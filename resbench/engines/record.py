@@ -84,6 +84,7 @@ class DiffusersRecorder(Recorder):
 
     def __init__(self, pipe: Any, model: EngineModel, units: dict[str, list[Unit]]) -> None:
         super().__init__({})  # no zoo components: the hooks are installed below
+        self.modules = {r.name: getattr(pipe, r.name) for r in model.components}
         self.bridge = PipelineHookBridge(pipe, model, self)
         self.on_step_end = self.bridge.on_step_end
         for role in model.components:
@@ -133,7 +134,8 @@ def schedule_from(recorder: DiffusersRecorder, model: EngineModel, units: dict[s
                     units=tuple(u.info() for r in model.components for u in units[r.name]),
                     uses=tuple(uses(model, stage_order)), stage_order=stage_order, calls=calls,
                     state_bytes=recorder.state_bytes,
-                    component_kinds=tuple((r.name, r.kind) for r in model.components))
+                    component_kinds=tuple((r.name, r.kind) for r in model.components),
+                    merges=tuple(recorder.merges))
 
 
 def record_pipeline(pipe: Any, model: EngineModel, request: Request, *,

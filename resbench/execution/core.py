@@ -158,10 +158,11 @@ def _layerwise_components(plan: Plan, schedule: Schedule) -> list[str]:
 
 
 def _trace_figures(frame: pd.DataFrame, plan: Plan, schedule: Schedule) -> dict[str, Any]:
-    """Figures read off a trace: compute, stall, per-stage latency, streaming bandwidth."""
+    """Figures read off a trace: compute (unit calls and adapter merges), stall, per-stage
+    latency, streaming bandwidth."""
     start = frame.loc[frame.kind == "request_start", "t_s"].min()
     request = frame[frame.t_s >= start]
-    compute = request[request.kind == "compute"]
+    compute = request[request.kind.isin(("compute", "merge"))]
     enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
     exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()
     streamed = request[(request.kind == "load") & (request.stream == "h2d")

@@ -2,13 +2,14 @@
 
 Layout (integer pids and tids, named by ``M`` events):
 
-* pid 0 — the GPU. tid 7 compute stream (``kernel`` spans named ``component.unit``,
+* pid 0 — the GPU. tid 7 compute stream (``kernel`` spans named ``component.unit``, adapter
+  merges as ``kernel`` spans named ``merge component+adapter`` with their reason,
   ``cuda_sync`` "Stream Wait Event" spans where compute stalled on a copy, blocking
   pageable copies); tid 13 H2D copy stream and tid 14 D2H copy stream (``gpu_memcpy``
   spans with kineto's names, ``bytes`` and ``memory bandwidth (GB/s)``); the counter
   track "device memory (bytes)".
 * pid 1 — the host. tid 1 residency manager (instant decisions: prepare, prefetch,
-  prefetch_skip, keep, release, evict, with their reasons); tid 2 stages and
+  prefetch_skip, keep, release, evict, merge_skip, with their reasons); tid 2 stages and
   ``ProfilerStep#N`` spans (``user_annotation``, one per denoising step, as HTA expects);
   tid 3 the CUDA runtime calls that issued each GPU event (same ``correlation``); the
   counter track "pinned host memory (bytes)".
@@ -44,7 +45,7 @@ COMPUTE_TID, H2D_TID, D2H_TID = 7, 13, 14
 MANAGER_TID, STAGES_TID, RUNTIME_TID = 1, 2, 3
 RUNTIME = {"kernel": "cudaLaunchKernel", "gpu_memcpy": "cudaMemcpyAsync",
            "cuda_sync": "cudaStreamWaitEvent"}
-INSTANT_KINDS = ("prepare", "prefetch", "prefetch_skip", "keep", "release", "evict")
+INSTANT_KINDS = ("prepare", "prefetch", "prefetch_skip", "keep", "release", "evict", "merge_skip")
 MEMCPY = {
     ("load", "h2d"): "Memcpy HtoD (Pinned -> Device)",
     ("load", "compute"): "Memcpy HtoD (Pageable -> Device)",  # a pageable copy blocks compute
@@ -113,7 +114,8 @@ def _detailed_steps(frame: pd.DataFrame, detail: str, max_events: int) -> set[in
     if detail == "all" or len(steps) <= 2:
         return None
     if detail == "auto":
-        estimate = int(frame["kind"].isin(("compute", "load", "wait", "d2h", *INSTANT_KINDS)).sum())
+        estimate = int(frame["kind"].isin(("compute", "load", "wait", "d2h", "merge",
+                                           *INSTANT_KINDS)).sum())
         if estimate <= max_events:
             return None
     return {steps[0], steps[-1]}
@@ -161,7 +163,7 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
             flow_from[int(o.consumer_row)] = fid
     waited_on = dict(zip(outcomes["wait_row"], outcomes["row"], strict=True))
 
-    for row in span_rows(frame, ("compute", "wait", "d2h")).itertuples():
+    for row in span_rows(frame, ("compute", "wait", "d2h", "merge")).itertuples():
         if not kept(int(row.step)):
             continue
         res = {"component": row.component, "unit": row.unit, "stage": row.stage, "step": int(row.step)}
@@ -173,6 +175,13 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
                                 "flops": int(row.flops), "resbench": res})
             if row.Index in flow_from:
                 event.update(bind_id=flow_from[row.Index], flow_in=True)
+        elif row.kind == "merge":
+            ev.span(row.t_s, row.end_s, name=f"merge {row.component}+{row.unit}", cat="kernel",
+                    pid=GPU, tid=COMPUTE_TID, args={
+                        "device": 0, "stream": COMPUTE_TID, "correlation": next(corr),
+                        "flops": int(row.flops), "bytes": int(row.bytes),
+                        "resbench": {**res, "event": "merge", "adapter": row.unit,
+                                     "reason": row.reason}})
         elif row.kind == "wait":
             if row.stall_s <= 0.0:
                 continue  # the copy had landed: nothing to draw (its flow shows the hit)
@@ -190,7 +199,7 @@ def to_chrome_trace(frame: pd.DataFrame, meta: Mapping[str, Any] | None = None, 
                     cat="gpu_memcpy", pid=GPU, tid=tid, args={
                         "bytes": int(row.bytes), "device": 0, "stream": tid, "correlation": next(corr),
                         "memory bandwidth (GB/s)": round(row.bytes / dur / 1e9, 3) if dur > 0 else 0.0,
-                        "resbench": {**res, "event": "d2h"}})
+                        "resbench": {**res, "event": "d2h", "reason": row.reason}})
 
     for row in frame[frame["kind"].isin(INSTANT_KINDS)].itertuples():
         if not kept(int(row.step)):

@@ -10,10 +10,11 @@ from resbench.residency.strategies import (
     LayerwiseConfig,
     OffloadConfig,
     ResidentConfig,
+    SnapshotConfig,
 )
 
 __all__ = [
     "POLICIES", "STRATEGIES", "DisabledConfig", "HostOptions", "LayerwiseConfig",
-    "OffloadConfig", "Plan", "ResidencyManager", "ResidentConfig", "UseInterval",
+    "OffloadConfig", "Plan", "ResidencyManager", "ResidentConfig", "SnapshotConfig", "UseInterval",
     "load_plan", "pinned_units", "plan_from_dict", "use_intervals",
 ]

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resbench.devices.base import UnitKey
+from resbench.errors import InputError
 from resbench.models.base import UnitInfo
-from resbench.schedule import ComponentUse, Schedule
+from resbench.schedule import ComponentUse, MergeCall, Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,21 @@ class ScheduleIndex:
             for i in range(len(self.uses) - 1, -1, -1):
                 table[i] = self.uses[i] if self.uses[i].component == comp else table[i + 1]
             self._next_of[comp] = table
+        self.merges_at: dict[int, list[MergeCall]] = {}
+        self.merges_of: dict[str, list[MergeCall]] = {}
+        first_call: dict[str, int] = {}
+        for call in schedule.calls:
+            first_call.setdefault(call.component, call.index)
+        for m in schedule.merges:
+            if first_call.get(m.component, m.before_call) < m.before_call:
+                # its base weights would be needed again by the next request, which no
+                # strategy that keeps the merged copy could give back
+                raise InputError(
+                    f"schedule {schedule.model}: {m.component} runs (call "
+                    f"{first_call[m.component]}) before {m.adapter} is merged into it (call "
+                    f"{m.before_call}); give the merged weights their own component")
+            self.merges_at.setdefault(m.before_call, []).append(m)
+            self.merges_of.setdefault(m.component, []).append(m)
         self._own_calls: dict[int, list[tuple[int, str]]] | None = None
         self._visits: dict[tuple[str, tuple[tuple[str, ...], ...], int], VisitTable] = {}
 

@@ -11,7 +11,9 @@ eviction possible):
 * at its last call the policy keeps it or its strategy releases it, and the next use is
   prefetched when its strategy and stage allow;
 * layerwise strategies stream groups ahead within a use and hand the remaining prefetch
-  depth to the next use (across Wan2.2's expert switch and into the next step).
+  depth to the next use (across Wan2.2's expert switch and into the next step);
+* where the schedule merges an adapter into a component (`Schedule.merges`), its strategy
+  merges it on the device before the call the merge precedes, or finds it merged already.
 
 The manager never branches on device type or strategy class: strategies and the `Device`
 do the work, and every action goes through the helpers below so it is traced uniformly.
@@ -19,15 +21,17 @@ do the work, and every action goes through the helpers below so it is traced uni
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from resbench.devices.base import Device, Transfer, UnitKey
+from resbench.errors import InputError
 from resbench.residency.index import ScheduleIndex, UseInterval, use_intervals
 from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
 from resbench.residency.policies import POLICIES, Policy
 from resbench.residency.strategies import STRATEGIES, Strategy
-from resbench.schedule import Schedule, UnitCall
+from resbench.schedule import MergeCall, Schedule, UnitCall
 from resbench.trace import Tracer
 
 __all__ = ["ResidencyManager", "UseInterval", "use_intervals"]
@@ -54,6 +58,17 @@ class ResidencyManager:
         for comp, units in self.index.units_by_component.items():
             cfg = plan.applied_config(comp, kinds.get(comp, ""))
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
+        for comp, merges in self.index.merges_of.items():
+            s = self.strategies[comp]
+            if not s.merges_on_device:
+                merged = ", ".join(sorted({m.adapter for m in merges}))
+                raise InputError(
+                    f"plan {plan.name!r}: {comp} cannot be {s.config.name}: the schedule merges "
+                    f"{merged} into its weights on the device; use "
+                    f"{', '.join(n for n, c in STRATEGIES.items() if c.merges_on_device)}")
+        self._merges_at = self.index.merges_at
+        self.apply_merge: Callable[[MergeCall], None] = lambda merge: None
+        """Does a merge on real tensors (the torch driver sets it; a replay has none)."""
         self._pinned = {(u.component, u.name) for u in pinned_units(plan, schedule, kinds)}
         self._current: dict[str, UseInterval] = {}
         self._handed_off: dict[int, int] = {}  # next use → groups already handed to it
@@ -61,6 +76,7 @@ class ResidencyManager:
         self._compute_start: Any = None
         self.h2d_bytes = 0
         self.d2h_bytes = 0
+
         self.setup_s = 0.0
         """Seconds `setup` took on the device's clock."""
         self.latency_s = 0.0
@@ -110,6 +126,10 @@ class ResidencyManager:
         use = self._begin_at.get(call.index)
         if use is not None and self.policy.manages:
             self._begin_use(use)
+        merges = self._merges_at.get(call.index)
+        if merges:
+            for m in merges:
+                self.strategies[m.component].merge(m)
         self.strategies[call.component].before_unit(call)
         if self.policy.evicts and call.activation_bytes > self.device.free_bytes():
             self.ensure_free(call.activation_bytes, reason="activations")
@@ -267,13 +287,26 @@ class ResidencyManager:
             self._memory()
 
     def copy_back(self, key: UnitKey, reason: str) -> None:
+        """Copy the unit's device copy back into its host copy, then free it (`reason`:
+        `d2h`, or why a snapshot is taken)."""
         transfer = self.device.d2h(key)
         self.tracer.event("d2h", transfer.start, end=transfer.end, component=key[0], unit=key[1],
-                          stream=transfer.stream, nbytes=transfer.nbytes)
+                          stream=transfer.stream, nbytes=transfer.nbytes, reason=reason)
         self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
-                          nbytes=transfer.nbytes, reason="d2h")
+                          nbytes=transfer.nbytes, reason=reason)
         self.d2h_bytes += transfer.nbytes
         self._memory()
+
+    def merge(self, merge: MergeCall, reason: str) -> None:
+        """Merge `merge.adapter` into the component's device copy (every unit on the device)."""
+        start, end = self.device.merge(merge, lambda: self.apply_merge(merge))
+        self.tracer.event("merge", start, end=end, component=merge.component, unit=merge.adapter,
+                          stream="compute", nbytes=merge.adapter_bytes, reason=reason,
+                          flops=merge.flops)
+
+    def merge_skipped(self, merge: MergeCall, reason: str) -> None:
+        self.tracer.event("merge_skip", self.device.now(), component=merge.component,
+                          unit=merge.adapter, reason=reason)
 
     def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
         if self.policy.evicts:
