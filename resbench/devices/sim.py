@@ -194,6 +194,11 @@ class SimDevice(Device):
     def capacity_bytes(self) -> int:
         return self.ledger.capacity_bytes
 
+    def end_setup(self) -> None:
+        """Setup ends when its copies have landed (a snapshot's copies back included): the
+        request starts on idle copy engines, as it does after setup on a real card."""
+        self.compute_t = max(self.compute_t, self.h2d_free_t, self.d2h_free_t)
+
     def clock_s(self) -> float:
         return self.compute_t
 

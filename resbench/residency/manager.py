@@ -299,6 +299,9 @@ class ResidencyManager:
 
     def merge(self, merge: MergeCall, reason: str) -> None:
         """Merge `merge.adapter` into the component's device copy (every unit on the device)."""
+        if self.policy.evicts:
+            self.ensure_free(merge.adapter_bytes + merge.work_bytes, reason="merge",
+                             protect=merge.component)
         start, end = self.device.merge(merge, lambda: self.apply_merge(merge))
         self.tracer.event("merge", start, end=end, component=merge.component, unit=merge.adapter,
                           stream="compute", nbytes=merge.adapter_bytes, reason=reason,

@@ -88,6 +88,15 @@ def test_d2h_shares_the_engine_unless_duplex(engines: int, duplex: bool,
     assert dev.h2d(B).start == pytest.approx(next_h2d_start)
 
 
+def test_a_unit_copied_back_is_read_again_only_once_its_d2h_has_landed() -> None:
+    dev = device(copy_engines=2, duplex=True)
+    dev.wait(dev.h2d(B))  # 0 → 3 ms
+    back = dev.d2h(B)  # 3 → 6 ms on the D2H engine
+    again = dev.h2d(B)  # the H2D engine is idle, but the host copy is still being written
+    assert (back.end, again.start, again.end) == pytest.approx((6 * MS, 6 * MS, 9 * MS))
+    assert dev.h2d(A).start == pytest.approx(9 * MS)  # others queue behind it as usual
+
+
 def test_compute_beside_a_copy_is_slowed_down() -> None:
     dev = device(slowdown=0.5)
     dev.h2d(B)  # copy busy until 3 ms
