@@ -16,6 +16,7 @@ import dataclasses
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -355,7 +356,14 @@ def record_schedule(spec: ModelSpec, request: Request, *, scale: float = 1.0,
     validate_request(spec, request)
     components = build_meta_components(spec, scale, dtype)
     pipe = Pipeline(spec, components, device="meta", dtype=dtype or torch.bfloat16, scale=scale)
-    recorder = Recorder(components, {c.name: c.kind != "vae" for c in spec.components})
+    return record_pipeline(pipe, request, {c.name: c.kind for c in spec.components})
+
+
+def record_pipeline(pipe: Pipeline, request: Request, kinds: Mapping[str, str]) -> Schedule:
+    """Record `request` on `pipe`, a zoo `Pipeline` (or one with more stages) whose components
+    are on meta; `kinds` maps each component to text_encoder | dit | vae."""
+    components = pipe.components
+    recorder = Recorder(components, {name: kind != "vae" for name, kind in kinds.items()})
     try:
         with recorder.flops, recorder.mem:
             pipe.run(request, hooks=recorder)
@@ -364,10 +372,10 @@ def record_schedule(spec: ModelSpec, request: Request, *, scale: float = 1.0,
     calls = tuple(c for c in recorder.calls if c is not None)
     units = tuple(u for name, m in components.items() for u in unit_infos(name, m))
     stage_order = tuple(dict.fromkeys(st.name for st in pipe.stages()))
-    return Schedule(model=spec.name, scale=scale, request=dataclasses.asdict(request), units=units,
-                    uses=tuple(pipe.uses()), stage_order=stage_order, calls=calls,
+    return Schedule(model=pipe.spec.name, scale=pipe.scale, request=dataclasses.asdict(request),
+                    units=units, uses=tuple(pipe.uses()), stage_order=stage_order, calls=calls,
                     state_bytes=recorder.state_bytes,
-                    component_kinds=tuple((c.name, c.kind) for c in spec.components),
+                    component_kinds=tuple((name, kinds[name]) for name in components),
                     merges=tuple(recorder.merges))
 
 
