@@ -129,6 +129,14 @@ class Schedule:
     def kinds(self) -> dict[str, str]:
         return dict(self.component_kinds)
 
+    @property
+    def merged(self) -> dict[str, tuple[str, ...]]:
+        """Component → the adapters merged into it during the request, in order."""
+        out: dict[str, tuple[str, ...]] = {}
+        for m in self.merges:
+            out[m.component] = (*out.get(m.component, ()), m.adapter)
+        return out
+
     def unit(self, component: str, name: str) -> UnitInfo:
         for u in self.units:
             if u.component == component and u.name == name:

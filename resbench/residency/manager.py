@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from resbench.devices.base import Device, Transfer, UnitKey
-from resbench.errors import InputError
 from resbench.residency.index import ScheduleIndex, UseInterval, use_intervals
 from resbench.residency.pinning import pinned_units
 from resbench.residency.plan import Plan
@@ -58,14 +57,7 @@ class ResidencyManager:
         for comp, units in self.index.units_by_component.items():
             cfg = plan.applied_config(comp, kinds.get(comp, ""))
             self.strategies[comp] = STRATEGIES[cfg.name](comp, units, cfg, self)
-        for comp, merges in self.index.merges_of.items():
-            s = self.strategies[comp]
-            if not s.merges_on_device:
-                merged = ", ".join(sorted({m.adapter for m in merges}))
-                raise InputError(
-                    f"plan {plan.name!r}: {comp} cannot be {s.config.name}: the schedule merges "
-                    f"{merged} into its weights on the device; use "
-                    f"{', '.join(n for n, c in STRATEGIES.items() if c.merges_on_device)}")
+        plan.check_merges(schedule.merged, kinds, source=f"plan {plan.name!r}")
         self._merges_at = self.index.merges_at
         self.apply_merge: Callable[[MergeCall], None] = lambda merge: None
         """Does a merge on real tensors (the torch driver sets it; a replay has none)."""

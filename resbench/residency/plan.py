@@ -17,6 +17,11 @@ TOML shape (schema 1)::
     group_size = 1
     prefetch_depth = 1
 
+Strategies (`resbench.residency.strategies`): `resident`, `offload` (`prefetch`, `release`
+= drop | d2h), `snapshot` (`prefetch`: offload whose release copies weights changed on the
+device — a merged LoRA — back to the host copy, which later loads read), `layerwise`
+(`group_size`, `prefetch_depth`, `resident_blocks`, `placement`), `disabled`.
+
 Every unknown key is an error that lists the valid keys; every bad value names its TOML path.
 """
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
@@ -106,6 +111,19 @@ class Plan:
                 raise InputError(
                     f"{source}: components.{key}.resident_blocks = {wanted}, but {component} "
                     f"has {n} blocks; use 0 to {n}")
+
+    def check_merges(self, merged: Mapping[str, Sequence[str]], kinds: Mapping[str, str], *,
+                     source: str = "plan") -> None:
+        """Raise if the plan gives a component the schedule merges adapters into (`merged`:
+        component → adapters, `Schedule.merged`) a strategy that cannot hold it whole on the
+        device while the merge changes it (layerwise)."""
+        for component, adapters in merged.items():
+            cfg = self.applied_config(component, kinds.get(component, ""))
+            if not STRATEGIES[cfg.name].merges_on_device:
+                able = ", ".join(n for n, c in STRATEGIES.items() if c.merges_on_device)
+                raise InputError(
+                    f"{source}: {component} cannot be {cfg.name}: the schedule merges "
+                    f"{', '.join(adapters)} into its weights on the device; use {able}")
 
     # -- TOML ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

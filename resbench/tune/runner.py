@@ -339,6 +339,7 @@ def _baselines(folder: Path | None, space: SearchSpace, evaluator: Evaluator,
     for plan in load_presets(folder).values():
         try:
             plan.check_components(kinds, source=plan.name)
+            plan.check_merges(evaluator.schedule.merged, kinds, source=plan.name)
         except InputError as exc:
             out.append(Baseline(plan.name, None, None, f"not for this model: {exc}"))
             continue

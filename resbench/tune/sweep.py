@@ -22,7 +22,11 @@ Sweep TOML (schema 1)::
 
 A knob the strategy does not have is an `InputError` naming the TOML path and listing the
 strategy's knobs; knobs left out keep the strategy's default. A component the sweep does not
-name follows the plan's resolution (kind group, then `default`, then resident).
+name follows the plan's resolution (kind group, then `default`, then resident) — except a
+component the schedule merges an adapter into (LTX-2's stage-2 DiT): unless the sweep names
+it, it gets its own entry with the ways to keep a merged copy, `MERGED_CHOICES` (resident,
+snapshot, or offload: reload the base and re-merge), since a kind group's layerwise could not
+hold it. A sweep that names it with a strategy that cannot hold it is an `InputError`.
 
 `load_sweep` validates a file without a model (a bad sweep fails before any work);
 `Sweep.bind(schedule)` ties it to one model and gives the `SearchSpace`
@@ -48,6 +52,10 @@ from resbench.tune.space import EntrySpace, Knob, SearchSpace, StrategyChoice
 from resbench.units import parse_bytes
 
 SCHEMA = 1
+MERGED_CHOICES = ("resident", "snapshot", "offload")
+"""A merged component's choices when the sweep does not name it: keep the merged copy
+resident, snapshot it (copied back once, the merged copy reloaded), or reload the base and
+re-merge in every request (`offload`); each prefetched or not where it moves."""
 _PLAN_KEYS = ("policy", "buffer_margin", "pinned")
 _RANGE_KEYS = {"low", "high", "step", "log"}
 
@@ -101,6 +109,16 @@ class Sweep:
         kinds = schedule.kinds
         blocks = {c: sum(1 for u in schedule.component_units(c) if u.name != REST) for c in kinds}
         keys = [e.key for e in self.entries]
+        merged = schedule.merged
+        auto = [c for c in merged if c not in keys]
+        for e in self.entries:
+            bad = [n for n in e.strategies if not STRATEGIES[n].merges_on_device]
+            if e.key in merged and bad:
+                able = ", ".join(n for n, c in STRATEGIES.items() if c.merges_on_device)
+                raise InputError(
+                    f"{self.source}: components.{e.key}.strategies: {bad[0]} cannot hold "
+                    f"{e.key}: the schedule merges {', '.join(merged[e.key])} into it on the "
+                    f"device; choose among {able}")
         entries = []
         for e in self.entries:
             if e.key not in kinds and e.key not in GROUPS:
@@ -109,7 +127,7 @@ class Sweep:
                 raise InputError(f"{self.source}: components.{e.key}: {schedule.model} has no "
                                  f"component {e.key!r}; components: {', '.join(kinds)}; groups: "
                                  f"{', '.join(GROUPS)} (or set optional = true)")
-            members = _members(e.key, kinds, keys)
+            members = _members(e.key, kinds, keys + auto)
             if not members:
                 continue  # every component it would cover has its own entry
             n = min(blocks[c] for c in members)
@@ -120,6 +138,12 @@ class Sweep:
                               for field, d in domains)
                 choices.append(StrategyChoice(name, knobs))
             entries.append(EntrySpace(e.key, members, tuple(choices)))
+        prefetch = Domain(choices=(True, False), kind="choices").bind(0)
+        for c in auto:
+            entries.append(EntrySpace(c, (c,), tuple(
+                StrategyChoice(name, () if name == "resident" else
+                               (Knob(f"{c}.{name}.prefetch", "prefetch", prefetch),))
+                for name in MERGED_CHOICES)))
         return SearchSpace(
             name=self.name, source=self.source,
             policy=Knob("policy", "policy", self.policy.bind(0), self.policy.value),
