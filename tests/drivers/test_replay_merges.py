@@ -15,6 +15,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
+from resbench.adapters import MergeCost, with_merged_copy
 from resbench.drivers.replay import sim_device
 from resbench.errors import InputError
 from resbench.execution import Execution, RunResult
@@ -221,3 +222,32 @@ def test_a_d2h_released_component_is_prefetched_and_its_load_hidden() -> None:
     assert list(dit[dit.kind == "prepare"].reason) == ["cold", "prefetched"]
     assert dit[dit.kind == "wait"].stall_s.iloc[-1] == 0.0
     assert result.latency_s == pytest.approx(14 * MS)
+
+
+def test_a_stage_rerun_with_a_lora_gets_a_merged_copy_of_the_dit() -> None:
+    """LTX-2's shape: one DiT called in `base` and again in `refine`, where the LoRA is merged.
+    `with_merged_copy` gives the refine calls their own component, a copy of the DiT's units,
+    and the merge before its first call; the base calls keep the base weights."""
+    schedule = synthetic_schedule(
+        {"dit": {"rest": MB, "blocks.0": 2 * MB}},
+        [("base", "dit", "rest"), ("base", "dit", "blocks.0"),
+         ("refine", "dit", "rest"), ("refine", "dit", "blocks.0")])
+    cost = MergeCost(linears=1, gemm_flops=2 * 10**9, gemm_fp32_flops=0, memory_bytes=10**9,
+                     op_count=2, adapter_bytes=MB // 2, work_bytes=MB // 2)
+    split = with_merged_copy(schedule, "dit", "refine", "dit2", ADAPTER, cost)
+    assert [(c.stage, c.component) for c in split.calls] == [
+        ("base", "dit"), ("base", "dit"), ("refine", "dit2"), ("refine", "dit2")]
+    assert split.component_units("dit2") == [dataclasses.replace(u, component="dit2")
+                                             for u in split.component_units("dit")]
+    assert split.kinds == {"dit": "dit", "dit2": "dit"}
+    assert split.merged == {"dit2": (ADAPTER,)} and split.merges[0].before_call == 2
+    times = [1 * MS, 2 * MS, 1 * MS, 2 * MS]
+    resident, _ = run(split, times, Plan(components=(("default", ResidentConfig()),)))
+    remerge, frame = run(split, times, Plan(components=(("default", OffloadConfig()),)))
+    assert resident.latency_s == pytest.approx(6 * MS)  # four calls, nothing moves
+    # dit: copies 0 → 3 ms under its calls (done at 5 ms); dit2 prefetched at dit's release
+    # (5 → 8 ms), merged (factors 8 → 8.5, GEMMs and adds 8.5 → 11.5), then its calls
+    assert list(frame[frame.kind == "merge"].t_s / MS) == [pytest.approx(8.0)]
+    assert remerge.latency_s == pytest.approx(14.5 * MS)
+    with pytest.raises(ValueError, match="not called in stage 'decode'"):
+        with_merged_copy(schedule, "dit", "decode", "dit2", ADAPTER, cost)
