@@ -61,14 +61,14 @@ class LoraAdapter:
     def merge_into(self, component: nn.Module) -> None:
         """``W += scale · (B @ A)`` for each adapted Linear, in place, in W's dtype."""
         for f in self.factors:
-            weight = component.get_submodule(f.path).weight
+            weight = linear_weight(component, f.path)
             delta = f.up.to(weight.device, weight.dtype) @ f.down.to(weight.device, weight.dtype)
             weight.add_(delta, alpha=self.scale)
 
     def merge_cost(self, component: nn.Module) -> MergeCost:
         """Costs of `merge_into` on `component` (works on meta: shapes and dtypes only)."""
         for f in self.factors:
-            out_f, in_f = component.get_submodule(f.path).weight.shape
+            out_f, in_f = linear_weight(component, f.path).shape
             rank = f.down.shape[0]
             if tuple(f.down.shape) != (rank, in_f) or tuple(f.up.shape) != (out_f, rank):
                 raise ValueError(f"adapter {self.name}: {f.path} is {out_f}×{in_f}, factors are "
@@ -81,7 +81,7 @@ def merge_cost(component: nn.Module, ranks: Mapping[str, int]) -> MergeCost:
     from shapes and dtypes alone (no factors: a published adapter's facts are enough)."""
     gemm = gemm_fp32 = memory = adapter = work = 0
     for path, rank in ranks.items():
-        weight = component.get_submodule(path).weight
+        weight = linear_weight(component, path)
         out_f, in_f = weight.shape
         flops = 2 * out_f * rank * in_f
         if weight.dtype == torch.float32:
@@ -133,6 +133,14 @@ def with_merged_copy(schedule: Schedule, component: str, stage: str, copy: str, 
         merges=(*schedule.merges, merge))
 
 
+def linear_weight(component: nn.Module, path: str) -> torch.Tensor:
+    """The weight of the Linear at `path` inside `component`."""
+    linear = component.get_submodule(path)
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"{path} is a {type(linear).__name__}, not a Linear: LoRA adapts Linears")
+    return linear.weight
+
+
 def random_lora(name: str, component: nn.Module, paths: list[str], rank: int, *,
                 scale: float = 1.0, seed: int = 0,
                 dtype: torch.dtype | None = None) -> LoraAdapter:
@@ -141,7 +149,7 @@ def random_lora(name: str, component: nn.Module, paths: list[str], rank: int, *,
     gen = torch.Generator().manual_seed(seed)
     factors = []
     for path in paths:
-        weight = component.get_submodule(path).weight
+        weight = linear_weight(component, path)
         out_f, in_f = weight.shape
         kind = dtype or weight.dtype
         down = (torch.randn(rank, in_f, generator=gen) / in_f ** 0.5).to(kind)

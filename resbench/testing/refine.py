@@ -139,7 +139,9 @@ class ToyRefinePipeline:
     def run(self, request: Request, hooks: PipelineHooks | None = None) -> torch.Tensor:
         hooks = hooks or PipelineHooks()
         gen = torch.Generator().manual_seed(request.seed)
-        width = self.components["decoder"].proj.in_features
+        decoder = self.components["decoder"]
+        assert isinstance(decoder, Decoder)
+        width = decoder.proj.in_features
         ids = torch.randint(0, VOCAB, (request.batch, TOKENS), generator=gen).to(self.device)
         x = torch.randn(request.batch, TOKENS, width, generator=gen).to(self.device, self.dtype)
         hooks.stage_enter("text_encode")
