@@ -251,3 +251,21 @@ def test_a_stage_rerun_with_a_lora_gets_a_merged_copy_of_the_dit() -> None:
     assert remerge.latency_s == pytest.approx(14.5 * MS)
     with pytest.raises(ValueError, match="not called in stage 'decode'"):
         with_merged_copy(schedule, "dit", "decode", "dit2", ADAPTER, cost)
+
+
+def test_chrome_trace_shows_merges_skips_and_snapshot_copies_with_bytes_and_reasons() -> None:
+    from resbench.report.chrome_trace import COMPUTE_TID, D2H_TID, to_chrome_trace
+
+    _, remerge = run(*refine(), dit2(OffloadConfig()))
+    _, snapshot = run(*refine(), dit2(SnapshotConfig()))
+    merge = [e for e in to_chrome_trace(remerge)["traceEvents"]
+             if e.get("name") == f"merge dit2+{ADAPTER}"]
+    assert [(e["tid"], e["ts"], e["dur"]) for e in merge] == [(COMPUTE_TID, 6000.0, 3500.0)]
+    assert (merge[0]["args"]["flops"], merge[0]["args"]["bytes"],
+            merge[0]["args"]["resbench"]["reason"]) == (2 * 10**9, MB // 2, "first")
+    events = to_chrome_trace(snapshot)["traceEvents"]
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and e["tid"] == D2H_TID]
+    assert [(e["args"]["bytes"], e["args"]["resbench"]["reason"]) for e in copies] == [
+        (MB, f"snapshot: {ADAPTER} merged"), (2 * MB, f"snapshot: {ADAPTER} merged")]
+    skips = [e for e in events if e.get("name") == "merge_skip dit2.distilled"]
+    assert [e["args"]["reason"] for e in skips] == ["host copy merged"]
