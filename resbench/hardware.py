@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import tomli_w
 
 from resbench.errors import InputError
+from resbench.fileio import atomic_write_text
 from resbench.units import format_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -217,10 +218,8 @@ def profile_dict(profile: HardwareProfile) -> dict[str, Any]:
 
 
 def save_profile(profile: HardwareProfile, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tomli_w.dumps(profile_dict(profile)).encode())
-    return path
+    """Write the profile as TOML in one step: an interrupted write leaves the old file."""
+    return atomic_write_text(path, tomli_w.dumps(profile_dict(profile)))
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
