@@ -369,7 +369,9 @@ class WanDiT(ResidencyComponent):
                              + (" (I2V needs cond['image_latents'])" if cfg.in_dim == 36 else ""))
         x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         b, _, f, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        # contiguous as diffusers makes it (and the original's cat does): a transposed x would
+        # make every residual update and norm of every block work on a transposed layout
+        x = x.flatten(2).transpose(1, 2).contiguous()
         n = x.shape[1]
 
         t = t.to(x.device).reshape(-1).expand(b)
