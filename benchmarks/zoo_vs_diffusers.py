@@ -289,8 +289,11 @@ def run_case(case: Case, scale: float, device: torch.device, repeats: int, rows:
                   "times_s": " ".join(f"{s:.5f}" for s in times),
                   "peak_activation_bytes": peak, "weight_bytes": weight_bytes(module)})
         if shape.profile:
-            profiles.append(f"== {case.zoo} {shape.label} {impl}\n"
-                            + kernel_table(module, call, device))
+            try:
+                table = kernel_table(module, call, device)
+            except Exception as exc:  # the profile is a diagnosis: never lose the timings for it
+                table = f"profiler failed: {type(exc).__name__}: {exc}"
+            profiles.append(f"== {case.zoo} {shape.label} {impl}\n{table}")
 
     def calls(shape: Shape) -> tuple[Callable[[nn.Module], Any], Callable[[nn.Module], Any]]:
         if case.family == "wan":
