@@ -409,12 +409,13 @@ def calibrate(out_path: str | Path, *, base_profile: HardwareProfile | str | Non
         calibrate_attention_curve,
         calibrate_decoder,
         calibrate_elementwise,
+        calibrate_gemm_shapes,
     )
 
     device = calibrate_device()
     transfers = calibrate_transfers(quick=quick)
     compute = calibrate_compute(quick=quick)
-    shaped = [calibrate_attention_curve(quick=quick),
+    shaped = [calibrate_gemm_shapes(quick=quick), calibrate_attention_curve(quick=quick),
               calibrate_elementwise(compute["fields"]["hbm_bytes_per_s"]),
               calibrate_decoder(quick=quick)]
     measured = {**device["fields"], **transfers["fields"], **compute["fields"],
@@ -432,7 +433,7 @@ def calibrate(out_path: str | Path, *, base_profile: HardwareProfile | str | Non
     out_path = Path(out_path)
     save_profile(profile, out_path)
     raw = {"device": device, "quick": quick, "date": stamp,
-           "workspace_bytes": shaped[2]["workspace_bytes"],
+           "workspace_bytes": shaped[-1]["workspace_bytes"],
            "measurements": [m.record() for m in
                             transfers["measurements"] + compute["measurements"]
                             + [m for part in shaped for m in part["measurements"]]]}

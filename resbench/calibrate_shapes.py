@@ -4,6 +4,9 @@ Square GEMMs, one attention sweep and a 64×64 conv say too little about a pipel
 card the simulator was never fitted to. These measure, still with microbenchmarks only (no
 pipeline run, nothing fitted to one):
 
+* `gemm_flops_per_s`: the bf16 rate of the DiT blocks' own linear layers (bias included) at
+  the pipelines' token counts, each shape weighted by how often a block runs it (the square
+  GEMM sweep of `calibrate_compute` keeps the per-call fixed cost, `gemm_half_flops`);
 * `attention_curve`: SDPA throughput at the sequence lengths and head counts Wan2.2 (40
   heads × 128, 480×832 at 17, 33 and 81 frames: 7,800, 14,040, 32,760 tokens) and FLUX.1
   (24 × 128, 1024² with its 512 text tokens: 4,608) run, plus shorter Wan sequences;
@@ -25,6 +28,18 @@ from typing import Any
 
 from resbench.calibrate import Measurement, _require_cuda, _time_events, _time_graph
 
+# (block, tokens M, in K, out N, linears of this shape per block): the DiTs' linear layers.
+GEMM_SHAPES: tuple[tuple[str, int, int, int, int], ...] = (
+    ("wan-7800", 7800, 5120, 5120, 6), ("wan-7800", 512, 5120, 5120, 2),
+    ("wan-7800", 7800, 5120, 13824, 1), ("wan-7800", 7800, 13824, 5120, 1),
+    ("wan-17160", 17160, 5120, 5120, 6), ("wan-17160", 512, 5120, 5120, 2),
+    ("wan-17160", 17160, 5120, 13824, 1), ("wan-17160", 17160, 13824, 5120, 1),
+    ("flux-double", 4096, 3072, 3072, 4), ("flux-double", 512, 3072, 3072, 4),
+    ("flux-double", 4096, 3072, 12288, 1), ("flux-double", 4096, 12288, 3072, 1),
+    ("flux-double", 512, 3072, 12288, 1), ("flux-double", 512, 12288, 3072, 1),
+    ("flux-single", 4608, 3072, 3072, 3), ("flux-single", 4608, 3072, 12288, 1),
+    ("flux-single", 4608, 15360, 3072, 1),
+)
 # (label, heads, head dim, sequence length): self-attention of the pipelines' DiTs.
 ATTENTION_SHAPES: tuple[tuple[str, int, int, int], ...] = (
     ("wan", 40, 128, 1024), ("wan", 40, 128, 2048), ("flux", 24, 128, 4608),
@@ -50,6 +65,30 @@ WIDE_ATTENTION: tuple[tuple[str, int, int, str], ...] = (
 
 def _attention_flops(heads: int, dim: int, seq_q: int, seq_k: int) -> int:
     return 4 * heads * seq_q * seq_k * dim
+
+
+def calibrate_gemm_shapes(*, quick: bool = False, samples: int = 5,
+                          device: str = "cuda") -> dict[str, Any]:
+    """`gemm_flops_per_s`: Σ count·FLOPs / Σ count·seconds of bf16 `F.linear` (with bias)
+    at the DiT blocks' shapes (`GEMM_SHAPES`; quick: Wan at 7,800 tokens only)."""
+    torch = _require_cuda()
+    import torch.nn.functional as F
+
+    ms = []
+    flops_total = seconds_total = 0.0
+    for block, m, k, n, count in GEMM_SHAPES[:4] if quick else GEMM_SHAPES:
+        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, device=device, dtype=torch.bfloat16)
+        flops = 2 * m * k * n
+        meas = Measurement(f"linear_{block}_{m}x{k}x{n}", m, flops, _time_graph(
+            lambda x=x, w=w, b=b: F.linear(x, w, b), samples=samples,
+            inner=max(2, int(2e11 // flops))))
+        ms.append(meas)
+        flops_total += count * flops
+        seconds_total += count * meas.median_s
+        del x, w, b
+    return {"fields": {"gemm_flops_per_s": flops_total / seconds_total}, "measurements": ms}
 
 
 def calibrate_attention_curve(*, quick: bool = False, samples: int = 5,

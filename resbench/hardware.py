@@ -69,7 +69,8 @@ class HardwareProfile:
     duplex_copies: bool
     """Whether an H2D and a D2H copy run at once at (nearly) full speed each."""
     gemm_flops_per_s: float
-    """bf16 matmul throughput of large GEMMs (the asymptote of the fit)."""
+    """bf16 matmul throughput of large GEMMs (the asymptote of the fit; `resbench
+    calibrate` measures it on the DiT blocks' own linear layers)."""
     gemm_half_flops: float
     """FLOPs of one call at which GEMM reaches half of `gemm_flops_per_s`:
     throughput(f) = peak·f/(f + half), i.e. a fixed cost of half/peak seconds per call."""

@@ -92,6 +92,10 @@ def test_shape_calibration_runs_its_loops_on_cpu(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(calibrate_shapes, "_time_graph",
                         lambda fn, samples, inner: (fn(), 2e-3)[1:] * 5)
     monkeypatch.setattr(calibrate_shapes, "_extra_bytes", lambda torch, fn, out: 4096)
+    monkeypatch.setattr(calibrate_shapes, "GEMM_SHAPES",
+                        (("a", 8, 16, 32, 3), ("a", 4, 16, 16, 1)))
+    gemm = calibrate_shapes.calibrate_gemm_shapes(device="cpu")["fields"]["gemm_flops_per_s"]
+    assert gemm == pytest.approx(2 * (3 * 8 * 16 * 32 + 4 * 16 * 16) / (4 * 2e-3))
     monkeypatch.setattr(calibrate_shapes, "ATTENTION_SHAPES",
                         (("wan", 2, 16, 64), ("flux", 2, 16, 64), ("wan", 2, 16, 128)))
     monkeypatch.setattr(calibrate_shapes, "WAN_DECODER_CONVS",
