@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from resbench.calibrate import Measurement, _require_cuda, _time_events, _time_graph
+from resbench.hardware import MAX_ELEMENTWISE_EFFICIENCY
 
 # (block, tokens M, in K, out N, linears of this shape per block): the DiTs' linear layers.
 GEMM_SHAPES: tuple[tuple[str, int, int, int, int], ...] = (
@@ -120,7 +121,8 @@ def calibrate_attention_curve(*, quick: bool = False, samples: int = 5,
 def calibrate_elementwise(hbm_bytes_per_s: float, *, samples: int = 5, device: str = "cuda",
                           scale: float = 1.0) -> dict[str, Any]:
     """`elementwise_efficiency`: Σ counted bytes / Σ GPU seconds of the kernel mixes, over
-    `hbm_bytes_per_s` (capped at 1). `scale` shrinks the mixes (tests)."""
+    `hbm_bytes_per_s` (above 1 where the recorder counts more bytes than the kernels move;
+    bounded by `MAX_ELEMENTWISE_EFFICIENCY`). `scale` shrinks the mixes (tests)."""
     torch = _require_cuda()
     from resbench import kernel_mix
 
@@ -135,7 +137,8 @@ def calibrate_elementwise(hbm_bytes_per_s: float, *, samples: int = 5, device: s
         del args
         _empty_cache(torch)
     rate = sum(m.work for m in ms) / sum(m.median_s for m in ms)
-    return {"fields": {"elementwise_efficiency": min(1.0, rate / hbm_bytes_per_s)},
+    return {"fields": {"elementwise_efficiency": min(MAX_ELEMENTWISE_EFFICIENCY,
+                                                     rate / hbm_bytes_per_s)},
             "measurements": ms}
 
 

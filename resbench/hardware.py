@@ -38,6 +38,8 @@ PROVENANCE_KINDS = ("measured", "spec", "estimated")
 Direction = Literal["h2d", "d2h"]
 GiB = 2**30
 MiB = 2**20
+MAX_ELEMENTWISE_EFFICIENCY = 4.0
+"""Sanity bound of `elementwise_efficiency` (counted bytes may exceed the bytes moved)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,9 +93,12 @@ class HardwareProfile:
     hbm_bytes_per_s: float
     """Device-memory bandwidth of large copies (bytes read plus written per second)."""
     elementwise_efficiency: float
-    """Share of `hbm_bytes_per_s` that eager memory-bound kernels (norms, casts, strided and
-    broadcasting elementwise ops) reach, in (0, 1]; `resbench.cost` divides their bytes read
-    plus written by ``hbm_bytes_per_s × elementwise_efficiency``."""
+    """Bytes the recorder counts for eager memory-bound kernels (norms, casts, strided and
+    broadcasting elementwise ops) per second, as a share of `hbm_bytes_per_s`, in
+    (0, `MAX_ELEMENTWISE_EFFICIENCY`]; `resbench.cost` divides their bytes read plus written
+    by ``hbm_bytes_per_s × elementwise_efficiency``. Above 1 where the recorder counts a
+    fused kernel's decomposition (a norm seen on meta as several ops) and the GPU runs it in
+    one pass."""
     kernel_launch_s: float
     """CPU time to dispatch one op from eager PyTorch; it overlaps the GPU's work (see
     `resbench.cost`)."""
@@ -207,8 +212,9 @@ def check_values(values: dict[str, Any], *, where: str) -> None:
         if value < 0 or (value == 0 and name not in _MAY_BE_ZERO):
             bound = "≥ 0" if name in _MAY_BE_ZERO else "> 0"
             raise InputError(f"{where}: {name} must be {bound}, got {value!r}")
-    if values["elementwise_efficiency"] > 1:
-        raise InputError(f"{where}: elementwise_efficiency must be in (0, 1], "
+    if values["elementwise_efficiency"] > MAX_ELEMENTWISE_EFFICIENCY:
+        raise InputError(f"{where}: elementwise_efficiency must be in "
+                         f"(0, {MAX_ELEMENTWISE_EFFICIENCY:g}], "
                          f"got {values['elementwise_efficiency']!r}")
     if values["usable_fraction"] > 1:
         raise InputError(f"{where}: usable_fraction must be in (0, 1], "
