@@ -45,8 +45,8 @@ from benchmarks.gpu_common import (  # noqa: E402
 )
 from resbench.models import get_model  # noqa: E402
 from resbench.pipeline import Request  # noqa: E402
-from resbench.profile import preset_names, resolve_plan  # noqa: E402
 from resbench.residency import OffloadConfig, Plan, ResidentConfig  # noqa: E402
+from resbench.resources import preset_names, resolve_plan  # noqa: E402
 from resbench.units import format_bytes, parse_bytes  # noqa: E402
 
 SCRIPT = str(Path(__file__).resolve())

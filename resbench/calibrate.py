@@ -285,8 +285,8 @@ def _pin_seconds(torch: Any, nbytes: int) -> float:
 
 
 def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any]:
-    """GEMM, attention and conv throughput fits (bf16), fp32 GEMM and conv rates, HBM
-    bandwidth, kernel launch cost."""
+    """GEMM, attention and conv throughput fits (bf16), the fp32 GEMM rate, HBM bandwidth,
+    kernel launch cost."""
     torch = _require_cuda()
     import torch.nn.functional as F
 
@@ -332,25 +332,16 @@ def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any
             inner=max(2, int(4e10 // flops)))))
     fields["conv_flops_per_s"], fields["conv_half_flops"] = fit_peak_half(conv)
 
-    # fp32 conv3d on NCDHW tensors, as the fp32 Wan VAEs run it: cuDNN's TF32 kernels (on by
-    # default for convs) plus the layout transposes it adds; the rate of large calls.
-    conv32 = []
-    for ch, side in [(192, 64), (384, 64)] + ([] if quick else [(512, 64)]):
-        x = torch.randn(1, ch, frames, side, side, device="cuda", dtype=torch.float32)
-        w = torch.randn(ch, ch, 3, 3, 3, device="cuda", dtype=torch.float32)
-        flops = 2 * ch * ch * 27 * frames * side * side
-        conv32.append(Measurement("conv3d_fp32", ch * side, flops, _time_graph(
-            partial(F.conv3d, x, w, padding=1), samples=samples, inner=2)))
-    fields["conv_fp32_flops_per_s"] = max(p.rate for p in conv32)
+    # fp32 convs (the Wan VAEs) are measured at the decoder's own shapes:
+    # `resbench.calibrate_shapes.calibrate_decoder`.
 
     hbm = []
     for n in [64 * MiB, 256 * MiB] + ([] if quick else [GiB]):
         src = torch.empty(n // 2, device="cuda", dtype=bf16).normal_()
         dst = torch.empty_like(src)
         # Bytes read plus bytes written, as `UnitCall.memory_bytes` counts them. Eager
-        # memory-bound kernels reach only part of this (`elementwise_efficiency`, which
-        # calibrate leaves at the base profile's value: it is a property of a model's kernel
-        # mix, measured from per-unit timings of real runs).
+        # memory-bound kernels reach only part of this: `elementwise_efficiency`, measured
+        # on the blocks' own kernel mix (`calibrate_shapes.calibrate_elementwise`).
         hbm.append(Measurement("hbm_copy", n, 2 * n, _time_events(
             partial(dst.copy_, src), samples=samples)))
     fields["hbm_bytes_per_s"] = max(p.rate for p in hbm)
@@ -361,7 +352,7 @@ def calibrate_compute(*, quick: bool = False, samples: int = 5) -> dict[str, Any
         lambda: [tiny.add_(1.0) for _ in range(count)], samples=samples))
     fields["kernel_launch_s"] = launch.median_s / count
     return {"fields": fields,
-            "measurements": gemm + gemm32 + attn + conv + conv32 + hbm + [launch]}
+            "measurements": gemm + gemm32 + attn + conv + hbm + [launch]}
 
 
 # ------------------------------------------------------------------------------ device
@@ -406,17 +397,29 @@ def calibrate(out_path: str | Path, *, base_profile: HardwareProfile | str | Non
     """Measure this card; write `out_path` (profile TOML) and `<stem>.samples.json`.
 
     Fields not measured here (allocator rounding, fragmentation, and any the driver would
-    not report) keep `base_profile`'s values and provenance; the default base is the preset
+    not report) keep `base_profile`'s values and provenance; the fields measured at the
+    pipelines' own shapes come from `resbench.calibrate_shapes`; the default base is the preset
     matching this card, else `h100-80g`.
     """
     _require_cuda()
     if isinstance(base_profile, str):
         base_profile = get_profile(base_profile)
     base = base_profile or detect_profile() or get_profile("h100-80g")
+    from resbench.calibrate_shapes import (
+        calibrate_attention_curve,
+        calibrate_decoder,
+        calibrate_elementwise,
+        calibrate_gemm_shapes,
+    )
+
     device = calibrate_device()
     transfers = calibrate_transfers(quick=quick)
     compute = calibrate_compute(quick=quick)
-    measured = {**device["fields"], **transfers["fields"], **compute["fields"]}
+    shaped = [calibrate_gemm_shapes(quick=quick), calibrate_attention_curve(quick=quick),
+              calibrate_elementwise(compute["fields"]["hbm_bytes_per_s"]),
+              calibrate_decoder(quick=quick)]
+    measured = {**device["fields"], **transfers["fields"], **compute["fields"],
+                **{k: v for part in shaped for k, v in part["fields"].items()}}
     prov = {**base.provenance, **dict.fromkeys(measured, "measured")}
     stamp = time.strftime("%Y-%m-%d")
     profile = replace(
@@ -430,7 +433,9 @@ def calibrate(out_path: str | Path, *, base_profile: HardwareProfile | str | Non
     out_path = Path(out_path)
     save_profile(profile, out_path)
     raw = {"device": device, "quick": quick, "date": stamp,
+           "workspace_bytes": shaped[-1]["workspace_bytes"],
            "measurements": [m.record() for m in
-                            transfers["measurements"] + compute["measurements"]]}
+                            transfers["measurements"] + compute["measurements"]
+                            + [m for part in shaped for m in part["measurements"]]]}
     out_path.with_suffix(".samples.json").write_text(json.dumps(raw, indent=2))
     return profile

@@ -12,13 +12,20 @@ The model of one call `c` on profile `p`::
 * ``(f + half) / peak`` is ``f / throughput(f)`` with ``throughput(f) = peak·f / (f + half)``:
   an op class reaches half its peak at `half` FLOPs per call, i.e. pays a fixed
   ``half / peak`` seconds per call (~3 us for an H100's GEMMs).
+* attention with a measured `attention_curve` (rates at the pipelines' own sequence lengths
+  and head counts, `resbench calibrate`): ``f / rate(f)``, the rate interpolated linearly
+  in log FLOPs between the curve's points and held at the last point beyond it; below the
+  first point the ``(f + half) / peak`` fit applies (small calls: text encoders).
 * ``gemm``/``conv`` are the bf16/fp16 classes; GEMMs and convs with fp32 inputs run at
   their own, much lower rates (SIMT FFMA GEMMs, TF32 convs with layout transposes) and
   have no per-call fixed cost of their own (their calls are large: Wan's time embedding,
   the fp32 VAE).
 * `memory_bytes` counts the bytes memory-bound ops (norms, elementwise, casts, copies) read
-  plus write; such kernels reach `elementwise_efficiency` of the copy bandwidth (0.71 on
-  the H100: strided and broadcasting operands, small kernels).
+  plus write; such kernels reach `elementwise_efficiency` of the copy bandwidth (0.71 fitted
+  on the H100: strided and broadcasting operands, small kernels; `resbench calibrate`
+  measures it as counted bytes per second of real blocks' kernel mix, `resbench.kernel_mix`).
+* `conv_workspace_bytes` / `attention_workspace_bytes_per_flop` are memory, not time: the
+  simulated device adds them to a VAE call's working memory (`SimDevice.working_bytes`).
 * Eager PyTorch queues kernels ahead of the GPU, so the CPU's dispatch (~11 us an op on the
   H100 machine, `resbench calibrate`) overlaps the GPU's work: a call costs the larger of the
   two, not their sum. Small calls are dispatch-bound, large ones compute-bound.
@@ -52,10 +59,31 @@ def class_time_s(flops: float, peak_flops_per_s: float, half_flops: float) -> fl
     return (flops + half_flops) / peak_flops_per_s if flops > 0 else 0.0
 
 
+def curve_rate(flops: float, curve: tuple[tuple[float, float], ...]) -> float:
+    """The rate of a call of `flops` on a measured (FLOPs, FLOP/s) curve: linear in
+    log FLOPs between points, the last point's rate beyond them. `flops` ≥ the first point."""
+    for (f0, r0), (f1, r1) in zip(curve, curve[1:], strict=False):
+        if flops <= f1:
+            w = math.log(flops / f0) / math.log(f1 / f0)
+            return r0 + w * (r1 - r0)
+    return curve[-1][1]
+
+
+def attention_time_s(flops: float, profile: HardwareProfile) -> float:
+    """Seconds of one call's attention FLOPs: the measured curve where it reaches, else the
+    (peak, half) fit (see the module doc)."""
+    curve = profile.attention_curve
+    if flops <= 0:
+        return 0.0
+    if not curve or flops < curve[0][0]:
+        return class_time_s(flops, profile.attention_flops_per_s, profile.attention_half_flops)
+    return flops / curve_rate(flops, curve)
+
+
 class CostModel:
     """Unit-call and copy times on one profile. Cheap to build; `call_times` memoises."""
 
-    __slots__ = ("profile", "overrides", "_gemm", "_attention", "_conv", "_gemm_fp32",
+    __slots__ = ("profile", "overrides", "_gemm", "_conv", "_gemm_fp32",
                  "_conv_fp32", "_hbm", "_launch")
 
     def __init__(self, profile: HardwareProfile,
@@ -72,7 +100,6 @@ class CostModel:
             self.overrides[key] = float(seconds)
         p = profile
         self._gemm = (p.gemm_flops_per_s, p.gemm_half_flops)
-        self._attention = (p.attention_flops_per_s, p.attention_half_flops)
         self._conv = (p.conv_flops_per_s, p.conv_half_flops)
         self._gemm_fp32 = p.gemm_fp32_flops_per_s
         self._conv_fp32 = p.conv_fp32_flops_per_s
@@ -84,7 +111,7 @@ class CostModel:
                         conv_fp32_flops: float = 0) -> float:
         """The formula of the module docstring, without overrides."""
         gpu_s = (class_time_s(gemm_flops, *self._gemm)
-                 + class_time_s(attention_flops, *self._attention)
+                 + attention_time_s(attention_flops, self.profile)
                  + class_time_s(conv_flops, *self._conv)
                  + gemm_fp32_flops / self._gemm_fp32
                  + conv_fp32_flops / self._conv_fp32

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import tomli_w
 
 from resbench.errors import InputError
+from resbench.fileio import atomic_write_text
 from resbench.units import format_bytes, parse_bytes
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ PROVENANCE_KINDS = ("measured", "spec", "estimated")
 Direction = Literal["h2d", "d2h"]
 GiB = 2**30
 MiB = 2**20
+MAX_ELEMENTWISE_EFFICIENCY = 4.0
+"""Sanity bound of `elementwise_efficiency` (counted bytes may exceed the bytes moved)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +72,8 @@ class HardwareProfile:
     duplex_copies: bool
     """Whether an H2D and a D2H copy run at once at (nearly) full speed each."""
     gemm_flops_per_s: float
-    """bf16 matmul throughput of large GEMMs (the asymptote of the fit)."""
+    """bf16 matmul throughput of large GEMMs (the asymptote of the fit; `resbench
+    calibrate` measures it on the DiT blocks' own linear layers)."""
     gemm_half_flops: float
     """FLOPs of one call at which GEMM reaches half of `gemm_flops_per_s`:
     throughput(f) = peak·f/(f + half), i.e. a fixed cost of half/peak seconds per call."""
@@ -90,9 +94,12 @@ class HardwareProfile:
     hbm_bytes_per_s: float
     """Device-memory bandwidth of large copies (bytes read plus written per second)."""
     elementwise_efficiency: float
-    """Share of `hbm_bytes_per_s` that eager memory-bound kernels (norms, casts, strided and
-    broadcasting elementwise ops) reach, in (0, 1]; `resbench.cost` divides their bytes read
-    plus written by ``hbm_bytes_per_s × elementwise_efficiency``."""
+    """Bytes the recorder counts for eager memory-bound kernels (norms, casts, strided and
+    broadcasting elementwise ops) per second, as a share of `hbm_bytes_per_s`, in
+    (0, `MAX_ELEMENTWISE_EFFICIENCY`]; `resbench.cost` divides their bytes read plus written
+    by ``hbm_bytes_per_s × elementwise_efficiency``. Above 1 where the recorder counts a
+    fused kernel's decomposition (a norm seen on meta as several ops) and the GPU runs it in
+    one pass."""
     kernel_launch_s: float
     """CPU time to dispatch one op from eager PyTorch; it overlaps the GPU's work (see
     `resbench.cost`)."""
@@ -106,6 +113,22 @@ class HardwareProfile:
     """Host memory of the machine that holds the pinned weights."""
     pinned_alloc_s_per_byte: float
     """Seconds per byte to allocate page-locked host memory (part of start-up)."""
+    attention_curve: tuple[tuple[float, float], ...] = ()
+    """Measured attention throughput by work per call: (FLOPs of one SDPA call, FLOP/s)
+    points, FLOPs ascending, from the pipelines' own shapes (`resbench calibrate`). When
+    given, `resbench.cost` interpolates it (log-linear in FLOPs) instead of the
+    `attention_flops_per_s` / `attention_half_flops` fit, which stays for calls below the
+    first point. Optional: presets leave it empty."""
+    conv_workspace_bytes: int = 0
+    """Device bytes a convolution holds beyond its input, output and weight (cuDNN's
+    workspace) at a VAE decoder's shapes, the largest measured; the simulator adds it to the
+    working memory of every call with convolution work. Optional (0: none modelled)."""
+    attention_workspace_bytes_per_flop: float = 0.0
+    """Device bytes SDPA holds beyond q, k, v and its output, per attention FLOP, at a VAE
+    mid-block's single wide head (head dim 512 or 384: no flash kernel takes it, so the
+    kernel torch falls back to may hold the score matrix); the simulator adds
+    ``attention_flops × this`` to calls with both attention and convolution work (the VAEs'
+    attention blocks). Optional (0: none modelled)."""
     schema: int = SCHEMA
     """Version of the TOML layout."""
     provenance_pairs: tuple[tuple[str, str], ...] = ()
@@ -114,10 +137,14 @@ class HardwareProfile:
     def __post_init__(self) -> None:
         where = f"profile {self.name!r}"
         check_values({f: getattr(self, f) for f in NUMERIC_FIELDS}, where=where)
+        object.__setattr__(self, "attention_curve",
+                           check_curve(self.attention_curve, where=where))
+        check_optional({f: getattr(self, f) for f in OPTIONAL_FIELDS[1:]}, where=where)
         prov = dict(self.provenance_pairs)
         _check_provenance(prov, where=where)
         object.__setattr__(
-            self, "provenance_pairs", tuple((f, prov[f]) for f in NUMERIC_FIELDS if f in prov)
+            self, "provenance_pairs",
+            tuple((f, prov[f]) for f in (*NUMERIC_FIELDS, *OPTIONAL_FIELDS) if f in prov)
         )
 
     @property
@@ -153,9 +180,12 @@ class HardwareProfile:
         )
 
 
+OPTIONAL_FIELDS: tuple[str, ...] = ("attention_curve", "conv_workspace_bytes",
+                                     "attention_workspace_bytes_per_flop")
+"""Fields a profile TOML may leave out (their defaults model nothing); written only when set."""
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(HardwareProfile)
-    if f.name not in ("name", "description", "schema", "provenance_pairs")
+    if f.name not in ("name", "description", "schema", "provenance_pairs", *OPTIONAL_FIELDS)
 )
 _INT_FIELDS = {"memory_capacity_bytes", "copy_engines", "allocator_rounding_bytes",
                "host_ram_bytes"}
@@ -183,8 +213,9 @@ def check_values(values: dict[str, Any], *, where: str) -> None:
         if value < 0 or (value == 0 and name not in _MAY_BE_ZERO):
             bound = "≥ 0" if name in _MAY_BE_ZERO else "> 0"
             raise InputError(f"{where}: {name} must be {bound}, got {value!r}")
-    if values["elementwise_efficiency"] > 1:
-        raise InputError(f"{where}: elementwise_efficiency must be in (0, 1], "
+    if values["elementwise_efficiency"] > MAX_ELEMENTWISE_EFFICIENCY:
+        raise InputError(f"{where}: elementwise_efficiency must be in "
+                         f"(0, {MAX_ELEMENTWISE_EFFICIENCY:g}], "
                          f"got {values['elementwise_efficiency']!r}")
     if values["usable_fraction"] > 1:
         raise InputError(f"{where}: usable_fraction must be in (0, 1], "
@@ -194,11 +225,40 @@ def check_values(values: dict[str, Any], *, where: str) -> None:
                          f"got {values['fragmentation_fraction']!r}")
 
 
+def check_curve(curve: Any, *, where: str) -> tuple[tuple[float, float], ...]:
+    """`attention_curve` as a tuple of (FLOPs, FLOP/s) pairs, both finite and > 0, FLOPs
+    strictly ascending; `InputError` naming the first bad point otherwise."""
+    if not isinstance(curve, list | tuple):
+        raise InputError(f"{where}: attention_curve must be a list of [FLOPs, FLOP/s] pairs, "
+                         f"got {curve!r}")
+    out: list[tuple[float, float]] = []
+    for i, point in enumerate(curve):
+        ok = (isinstance(point, list | tuple) and len(point) == 2
+              and all(isinstance(v, int | float) and not isinstance(v, bool)
+                      and 0 < v < float("inf") for v in point))
+        if not ok or (out and point[0] <= out[-1][0]):
+            raise InputError(f"{where}: attention_curve point {i} must be [FLOPs, FLOP/s], "
+                             f"both > 0 and finite, FLOPs above the previous point's; "
+                             f"got {point!r}")
+        out.append((float(point[0]), float(point[1])))
+    return tuple(out)
+
+
+def check_optional(values: dict[str, Any], *, where: str) -> None:
+    """The optional scalar fields: numbers ≥ 0 (`conv_workspace_bytes` an integer)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value < float("inf"):
+            raise InputError(f"{where}: {name} must be a finite number ≥ 0, got {value!r}")
+        if name == "conv_workspace_bytes" and not isinstance(value, int):
+            raise InputError(f"{where}: {name} must be an integer, got {value!r}")
+
+
 def _check_provenance(prov: dict[str, str], *, where: str) -> None:
     for name, kind in prov.items():
-        if name not in NUMERIC_FIELDS:
+        if name not in NUMERIC_FIELDS and name not in OPTIONAL_FIELDS:
             raise InputError(f"{where}: provenance names unknown field {name!r}; "
-                             f"valid fields: {', '.join(NUMERIC_FIELDS)}")
+                             f"valid fields: {', '.join((*NUMERIC_FIELDS, *OPTIONAL_FIELDS))}")
         if kind not in PROVENANCE_KINDS:
             raise InputError(f"{where}: provenance of {name} must be one of "
                              f"{', '.join(PROVENANCE_KINDS)}, got {kind!r}")
@@ -212,15 +272,16 @@ def profile_dict(profile: HardwareProfile) -> dict[str, Any]:
     doc: dict[str, Any] = {"schema": profile.schema, "name": profile.name,
                            "description": profile.description}
     doc.update({f: getattr(profile, f) for f in NUMERIC_FIELDS})
+    if profile.attention_curve:
+        doc["attention_curve"] = [list(p) for p in profile.attention_curve]
+    doc.update({f: getattr(profile, f) for f in OPTIONAL_FIELDS[1:] if getattr(profile, f)})
     doc["provenance"] = profile.provenance
     return doc
 
 
 def save_profile(profile: HardwareProfile, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tomli_w.dumps(profile_dict(profile)).encode())
-    return path
+    """Write the profile as TOML in one step: an interrupted write leaves the old file."""
+    return atomic_write_text(path, tomli_w.dumps(profile_dict(profile)))
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
@@ -242,7 +303,7 @@ def profile_from_dict(doc: dict[str, Any], *, where: str) -> HardwareProfile:
     if doc["schema"] != SCHEMA:
         raise InputError(f"{where}: hardware profile schema {doc['schema']!r} found; this "
                          f"resbench reads schema {SCHEMA}")
-    valid = ("schema", "name", "description", *NUMERIC_FIELDS, "provenance")
+    valid = ("schema", "name", "description", *NUMERIC_FIELDS, *OPTIONAL_FIELDS, "provenance")
     unknown = [k for k in doc if k not in valid]
     if unknown:
         raise InputError(f"{where}: unknown field {unknown[0]!r}; valid fields: "
@@ -259,6 +320,9 @@ def profile_from_dict(doc: dict[str, Any], *, where: str) -> HardwareProfile:
         if isinstance(values[name], str):  # sizes may be written as "80GiB" at the edge
             values[name] = parse_bytes(values[name], what=f"{where}: {name}", allow_zero=True)
     check_values(values, where=where)
+    if "attention_curve" in values:
+        values["attention_curve"] = check_curve(values["attention_curve"], where=where)
+    check_optional({f: values[f] for f in OPTIONAL_FIELDS[1:] if f in values}, where=where)
     prov = values.pop("provenance", {})
     if not isinstance(prov, dict):
         raise InputError(f"{where}: provenance must be a table of field = kind")
@@ -350,6 +414,19 @@ def profile_frame(profile: HardwareProfile) -> pd.DataFrame:
         unit, text = _unit_and_text(name, value)
         rows.append({"field": name, "value": value, "unit": unit, "readable": text,
                      "provenance": prov.get(name, "estimated")})
+    for name in OPTIONAL_FIELDS[1:]:
+        value = getattr(profile, name)
+        if value:
+            unit, text = (("B", format_bytes(value, binary=True)) if name.endswith("_bytes")
+                          else ("B/FLOP", f"{value:.3g} B/FLOP"))
+            rows.append({"field": name, "value": value, "unit": unit, "readable": text,
+                         "provenance": prov.get(name, "estimated")})
+    if profile.attention_curve:
+        text = ", ".join(f"{f / 1e9:,.0f} GFLOP: {r / 1e12:,.0f}"
+                         for f, r in profile.attention_curve) + " TFLOP/s"
+        rows.append({"field": "attention_curve", "value": len(profile.attention_curve),
+                     "unit": "points", "readable": text,
+                     "provenance": prov.get("attention_curve", "estimated")})
     rows.append({"field": "usable_bytes", "value": profile.usable_bytes, "unit": "B",
                  "readable": _unit_and_text("usable_bytes", profile.usable_bytes)[1],
                  "provenance": "derived"})

@@ -106,3 +106,28 @@ def test_output_checks(tmp_path: Path) -> None:
 def test_an_unwritable_folder_is_refused(unwritable_dir: Path) -> None:
     with pytest.raises(InputError, match="cannot write in"):
         check_output_file(unwritable_dir / "r.html", what="--out")
+
+
+def test_profile_and_plan_saves_leave_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    """An interrupt between writing and renaming keeps the previous profile and plan whole."""
+
+
+    from resbench.hardware import get_profile, save_profile
+    from resbench.residency.plan import plan_from_dict
+
+    profile_path, plan_path = tmp_path / "card.toml", tmp_path / "plan.toml"
+    save_profile(get_profile("h100-80g"), profile_path)
+    plan = plan_from_dict({"name": "p", "components": {}})
+    plan.save(plan_path)
+    before = {p: p.read_bytes() for p in (profile_path, plan_path)}
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_profile(get_profile("h200-141g"), profile_path)
+    with pytest.raises(KeyboardInterrupt):
+        plan_from_dict({"name": "q", "components": {}}).save(plan_path)
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.toml", "plan.toml"]

@@ -23,7 +23,7 @@ from resbench.hardware import profile_dict, profile_frame
 def command(out: Path, quick: bool, base: str | None, as_json: bool) -> None:
     """Measure copy bandwidths, compute rates and overheads of this machine's CUDA GPU."""
     preflight.outputs(out=out)
-    stderr.print(f"calibrating{' (quick)' if quick else ''}: about 15 s", highlight=False)
+    stderr.print(f"calibrating{' (quick)' if quick else ''}: about 45 s", highlight=False)
     profile = calibrate(out, base_profile=base, quick=quick)
     frame = profile_frame(profile)
     if not as_json:

@@ -117,6 +117,11 @@ class Device(ABC):
     def free_bytes(self) -> int:
         ...
 
+    def working_bytes(self, call: UnitCall) -> int:
+        """Device bytes `call` needs while it runs beside the resident weights: its recorded
+        activations (a simulated device adds the kernels' measured workspaces)."""
+        return call.activation_bytes
+
     @abstractmethod
     def peak_bytes(self) -> int:
         ...

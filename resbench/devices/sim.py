@@ -153,14 +153,26 @@ class SimDevice(Device):
         self.ledger.free_pool(name)
 
     # -- compute ---------------------------------------------------------------------------------
+    def working_bytes(self, call: UnitCall) -> int:
+        """Recorded activations plus the workspaces the profile measured and a meta
+        recording cannot see: cuDNN's on calls with convolution work, and SDPA's on calls
+        with attention and convolution work (a VAE's wide-head attention blocks)."""
+        p = self.profile
+        conv = call.conv_flops > 0 or call.conv_fp32_flops > 0
+        extra = p.conv_workspace_bytes if conv else 0
+        if conv and call.attention_flops > 0:
+            extra += int(call.attention_flops * p.attention_workspace_bytes_per_flop)
+        return call.activation_bytes + extra
+
     def compute_begin(self, call: UnitCall) -> Any:
-        if call.activation_bytes:
+        working = self.working_bytes(call)
+        if working:
             try:
-                self.ledger.charge(call.activation_bytes, None)
+                self.ledger.charge(working, None)
             except DoesNotFitError:
                 # worded here, not up front: most calls fit, and this runs for every call
                 raise self.ledger.does_not_fit(
-                    call.activation_bytes, (call.component, call.unit),
+                    working, (call.component, call.unit),
                     f"activations of {call.component}.{call.unit}") from None
         start = self.compute_t
         duration = self._call_times[call.index]
@@ -171,8 +183,9 @@ class SimDevice(Device):
         return start
 
     def compute_end(self, call: UnitCall) -> Any:
-        if call.activation_bytes:
-            self.ledger.credit(call.activation_bytes)
+        working = self.working_bytes(call)
+        if working:
+            self.ledger.credit(working)
         return self.compute_t
 
     # -- ledger and clock ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from resbench.models.base import (
 )
 from resbench.models.clip import CLIP_L14, CLIPTextEncoder
 from resbench.models.flux_ae import FLUX_AE, AutoEncoder
+from resbench.models.layers import FusedRMSNorm
 from resbench.models.mmdit import (
     DoubleStreamBlock,
     FinalLayer,
@@ -85,6 +86,12 @@ FLUX_DEV = FluxConfig()
 class Flux(ResidencyComponent):
     """The FLUX.1 transformer.
 
+    Numerics are diffusers' `FluxTransformer2DModel`'s (bf16 throughout, LayerNorm and
+    modulation in bf16, RoPE products in float32); q/k RMSNorm is `torch.nn.RMSNorm`'s fused
+    kernel as there. The op-by-op float32 `RMSNorm` makes about eight passes over q and k per
+    block instead of one: ~90 GB of extra traffic in a 1024² forward, the main difference
+    found from diffusers (benchmarks/zoo_vs_diffusers.py measures both).
+
     ``forward(x, t, cond)``: `x` latents [B, 16, H/8, W/8], packed into 2×2 tokens inside;
     `t` [B] in [0, 1000]; ``cond["text_encoder_2"]`` T5 states [B, L, 4096],
     ``cond["text_encoder"]`` CLIP pooled [B, 768], optional ``cond["guidance"]`` (scale).
@@ -103,11 +110,12 @@ class Flux(ResidencyComponent):
         self.guidance_in = MLPEmbedder(256, cfg.hidden) if cfg.guidance_embed else None
         self.txt_in = nn.Linear(cfg.context_in_dim, cfg.hidden)
         self.double_blocks = nn.ModuleList(
-            DoubleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden, cfg.qkv_bias)
+            DoubleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden, cfg.qkv_bias, FusedRMSNorm)
             for _ in range(cfg.depth)
         )
         self.single_blocks = nn.ModuleList(
-            SingleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden) for _ in range(cfg.depth_single)
+            SingleStreamBlock(cfg.hidden, cfg.heads, mlp_hidden, FusedRMSNorm)
+            for _ in range(cfg.depth_single)
         )
         self.final_layer = FinalLayer(cfg.hidden, cfg.out_channels)
 

@@ -57,3 +57,11 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+class FusedRMSNorm(RMSNorm):
+    """`RMSNorm` as `torch.nn.RMSNorm` computes it (`F.rms_norm`: one fused kernel on CUDA,
+    float32 inside, the input's dtype out), where the zoo follows diffusers' numerics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)

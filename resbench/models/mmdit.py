@@ -13,6 +13,9 @@ Conventions of the DiTs built from these pieces:
 * Embedded guidance is passed as the guidance scale itself (e.g. 3.5) and embedded ×1000.
 * Unmasked joint attention is invariant to token order, so every family concatenates
   ``[text; image]`` here whatever order its reference code uses.
+* ``qk_norm``: the per-head RMSNorm class; `RMSNorm` computes it op by op in float32,
+  `FusedRMSNorm` as `torch.nn.RMSNorm` does (one fused kernel on CUDA), as diffusers' FLUX.1
+  does (``FluxAttention.norm_q``).
 """
 
 from __future__ import annotations
@@ -86,13 +89,14 @@ class GeluMLP(nn.Module):
 class Stream(nn.Module):
     """One stream (image or text) of a double-stream block."""
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, qkv_bias: bool = True,
+                 qk_norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.heads = heads
         self.mod = Modulation(dim, 6)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_norm = RMSNorm(dim // heads)
-        self.k_norm = RMSNorm(dim // heads)
+        self.q_norm = qk_norm(dim // heads)
+        self.k_norm = qk_norm(dim // heads)
         self.proj = nn.Linear(dim, dim)
         self.mlp = GeluMLP(dim, mlp_hidden)
 
@@ -120,10 +124,11 @@ class Stream(nn.Module):
 class DoubleStreamBlock(nn.Module):
     """Image and text tokens with their own weights, attending jointly."""
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, qkv_bias: bool = True,
+                 qk_norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
-        self.img = Stream(dim, heads, mlp_hidden, qkv_bias)
-        self.txt = Stream(dim, heads, mlp_hidden, qkv_bias)
+        self.img = Stream(dim, heads, mlp_hidden, qkv_bias, qk_norm)
+        self.txt = Stream(dim, heads, mlp_hidden, qkv_bias, qk_norm)
 
     def forward(
         self,
@@ -144,14 +149,15 @@ class DoubleStreamBlock(nn.Module):
 class SingleStreamBlock(nn.Module):
     """Attention and MLP in parallel over the joint sequence, sharing one input projection."""
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp_hidden: int,
+                 qk_norm: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.dim, self.heads, self.mlp_hidden = dim, heads, mlp_hidden
         self.modulation = Modulation(dim, 3)
         self.linear1 = nn.Linear(dim, 3 * dim + mlp_hidden)
         self.linear2 = nn.Linear(dim + mlp_hidden, dim)
-        self.q_norm = RMSNorm(dim // heads)
-        self.k_norm = RMSNorm(dim // heads)
+        self.q_norm = qk_norm(dim // heads)
+        self.k_norm = qk_norm(dim // heads)
 
     def forward(
         self, x: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor | None

@@ -4,6 +4,12 @@ Numbers from ../shared/reference/models.md §2 (configs, parameter counts, sampl
 the `generate.py` / config-file values, not the READMEs' suggestions). The DiTs are bf16 (the
 official code's `--convert_model_dtype`; the shipped files are fp32); the VAEs run in fp32 as
 `Wan2_1_VAE` / `Wan2_2_VAE` do by default.
+
+The Wan2.2 DiTs compute as diffusers' `WanTransformer3DModel` does (what diffusers and sglang
+users run: bf16 residual stream, per-sample time embedding for A14B; `wan_dit` module doc).
+`wan2.2-t2v-a14b-orig` and `wan2.2-ti2v-5b-orig` are the same models with the numerics of the
+original Wan2.2 repository (fp32 residual stream and per-token fp32 time embedding, float64
+RoPE). The Wan2.1 DiTs keep the original numerics.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from resbench.models.wan_dit import (
     WAN21_14B,
     WAN22_I2V_A14B,
     WAN22_T2V_A14B,
+    WAN22_T2V_A14B_ORIGINAL,
     WAN22_TI2V_5B,
+    WAN22_TI2V_5B_ORIGINAL,
     WanDiT,
     WanDiTConfig,
+    wan_dit,
 )
 from resbench.models.wan_vae import WAN21_VAE, WanVAE
 from resbench.models.wan_vae22 import WAN22_VAE, WanVAE22
@@ -48,7 +57,7 @@ def text_encoder() -> ComponentSpec:
 
 def dit(name: str, cfg: WanDiTConfig, params: int, description: str) -> ComponentSpec:
     def build(scale: float) -> WanDiT:
-        return WanDiT(cfg.scaled(scale, text_dim=UMT5_XXL.scaled(scale).dim))
+        return wan_dit(cfg.scaled(scale, text_dim=UMT5_XXL.scaled(scale).dim))
 
     return ComponentSpec(name=name, kind="dit", build=build, published_params=params,
                          description=description)
@@ -95,6 +104,21 @@ register(wan_model(
     notes=("guidance 4.0 is the high-noise expert's; the low-noise expert uses 3.0.",)))
 
 register(wan_model(
+    "wan2.2-t2v-a14b-orig",
+    "Wan2.2 T2V-A14B with the original repository's numerics (fp32 residual stream, "
+    "per-token fp32 time embedding)",
+    (text_encoder(),
+     dit("transformer", WAN22_T2V_A14B_ORIGINAL, DIT_14B_PARAMS, "high-noise expert"),
+     dit("transformer_2", WAN22_T2V_A14B_ORIGINAL, DIT_14B_PARAMS, "low-noise expert"),
+     vae21()),
+    GEOMETRY_21,
+    SamplingDefaults(height=720, width=1280, frames=81, steps=40, guidance=4.0, shift=12.0,
+                     cfg=True),
+    boundary=0.875,
+    notes=("Same weights as wan2.2-t2v-a14b; the numerics of Wan-Video/Wan2.2 "
+           "wan/modules/model.py rather than diffusers'.",)))
+
+register(wan_model(
     "wan2.2-i2v-a14b", "Wan2.2 image-to-video, two 14B experts, first frame via the VAE",
     (text_encoder(),
      dit("transformer", WAN22_I2V_A14B, DIT_I2V_14B_PARAMS, "high-noise expert (36 ch in)"),
@@ -112,6 +136,16 @@ register(wan_model(
     SamplingDefaults(height=704, width=1280, frames=121, steps=50, guidance=5.0, shift=5.0,
                      cfg=True),
     aliases=("wan2.2-5b", "wan2.2-ti2v")))
+
+register(wan_model(
+    "wan2.2-ti2v-5b-orig",
+    "Wan2.2 TI2V-5B with the original repository's numerics (fp32 residual stream)",
+    (text_encoder(), dit("transformer", WAN22_TI2V_5B_ORIGINAL, 4_999_787_712, "5B DiT"), vae22()),
+    GEOMETRY_22,
+    SamplingDefaults(height=704, width=1280, frames=121, steps=50, guidance=5.0, shift=5.0,
+                     cfg=True),
+    notes=("Same weights as wan2.2-ti2v-5b; the numerics of Wan-Video/Wan2.2 "
+           "wan/modules/model.py rather than diffusers'.",)))
 
 register(wan_model(
     "wan2.1-t2v-14b", "Wan2.1 text-to-video 14B",

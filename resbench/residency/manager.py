@@ -123,8 +123,9 @@ class ResidencyManager:
             for m in merges:
                 self.strategies[m.component].merge(m)
         self.strategies[call.component].before_unit(call)
-        if self.policy.evicts and call.activation_bytes > self.device.free_bytes():
-            self.ensure_free(call.activation_bytes, reason="activations")
+        working = self.device.working_bytes(call)
+        if self.policy.evicts and working > self.device.free_bytes():
+            self.ensure_free(working, reason="activations")
         self._compute_start = self.device.compute_begin(call)
 
     def unit_end(self, call: UnitCall) -> None:

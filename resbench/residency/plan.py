@@ -37,6 +37,7 @@ from typing import Any, get_args
 import tomli_w
 
 from resbench.errors import InputError
+from resbench.fileio import atomic_write_text
 from resbench.residency.policies import POLICIES
 from resbench.residency.strategies import (
     STRATEGIES,
@@ -143,8 +144,7 @@ class Plan:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.to_toml())
+        atomic_write_text(path, self.to_toml())
 
 
 def check_plan(plan: Plan) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import time
 import tomllib
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +128,12 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
     Raises `InputError` (bad options, sweep, storage), `NoFeasiblePlanError` (nothing fits),
     `TuneInterrupted` (Ctrl-C; the study keeps its finished trials).
     """
+    with ExitStack() as cleanup:  # the GPU backend's weights go back on every way out
+        return _tune(options, callbacks, log, schedule, cleanup)
+
+
+def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[str], None],
+          schedule: Schedule | None, cleanup: ExitStack) -> TuneResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = get_model(options.model)
     request = Request.for_model(spec, **options.request)
@@ -179,8 +186,9 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
         log(f"recording the schedule of {spec.name} at {_request_text(request)}")
         schedule = engine.record(request)
     space = sweep.bind(schedule)
-    gpu = (make_backend("cuda", spec, request, profile=profile, scale=options.scale,
-                        schedule=schedule, engine=engine) if options.device == "cuda" else None)
+    gpu = (cleanup.enter_context(closing(make_backend(
+        "cuda", spec, request, profile=profile, scale=options.scale, schedule=schedule,
+        engine=engine))) if options.device == "cuda" else None)
     evaluator = Evaluator(schedule, profile, budget_bytes=budget, host_budget_bytes=host_budget,
                           backend=gpu)
     baselines = _baselines(options.presets_dir, space, evaluator, spec)
@@ -230,8 +238,6 @@ def tune(options: TuneOptions, *, callbacks: Iterable[Callback] = (),
             baselines, all_resident, log, engine)
     elif options.validate:
         note = "measured on the GPU (--validate not needed)"
-    if gpu is not None:
-        gpu.close()
     front = tuple(_evaluation(t, capacity) for t in sorted(study.best_trials, key=lambda t: t.values[0])
                   ) if pareto else ()
     return TuneResult(

@@ -123,14 +123,35 @@ def test_managed_output_is_bitwise_equal(model: str, plan_name: str) -> None:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_dynamic_policy_evicting_an_expert_is_bitwise_equal(model: str) -> None:
-    """Room for one expert (and the small components) but not two."""
+def test_dynamic_policy_with_room_for_one_expert_is_bitwise_equal(model: str) -> None:
+    """Room for one expert (and the small components) but not two: no early prefetch of the
+    second expert. Each expert has one use here, so nothing is kept and nothing evicted."""
     capacity = 3 * expert_bytes(model) // 2
     plan = Plan(policy="dynamic", buffer_margin_bytes=1 << 20,
                 components=(("default", OffloadConfig()),))
     out, manager, device = managed(model, plan, tiny_components(model), capacity_bytes=capacity)
     assert torch.equal(out, reference(model))
     assert expert_bytes(model) < device.peak_bytes() <= capacity
+    assert manager.leftover_units() == []
+
+
+def test_dynamic_policy_evicting_the_kept_vae_is_bitwise_equal() -> None:
+    """I2V uses the VAE twice (image encode, decode): the dynamic policy keeps it after the
+    encode, and the first expert's activations then need its room, so it is evicted (Belady:
+    its next use is the decode) and reloaded for the decode. The output stays bitwise equal."""
+    model = "wan2.2-i2v-a14b"
+    vae_bytes = sum(u.weight_bytes for u in schedule_for(model).units if u.component == "vae")
+    # the kept VAE plus one expert leave less than the activations need (margin 1 MiB)
+    capacity = expert_bytes(model) + vae_bytes + 3 * (1 << 20) // 2
+    plan = Plan(policy="dynamic", buffer_margin_bytes=1 << 20,
+                components=(("default", OffloadConfig()),))
+    out, manager, device = managed(model, plan, tiny_components(model), capacity_bytes=capacity)
+    manager.tracer.finalize(device.resolve)
+    events = manager.tracer.frame()
+    kept = events[events.kind.isin(["keep", "evict"])]
+    assert list(zip(kept.kind, kept.component, strict=True)) == [("keep", "vae"), ("evict", "vae")]
+    assert "belady" in kept.reason.iloc[1]
+    assert torch.equal(out, reference(model))
     assert manager.leftover_units() == []
 
 

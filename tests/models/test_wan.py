@@ -10,7 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from resbench.errors import InputError
 from resbench.models import get_model, materialize, unit_infos
 from resbench.models.base import REST, build_component, count_params
-from resbench.models.wan_dit import WAN22_T2V_A14B, WanBlock
+from resbench.models.wan_dit import (
+    WAN22_T2V_A14B,
+    WAN22_T2V_A14B_ORIGINAL,
+    DiffusersWanBlock,
+    WanBlock,
+    rope_cos_sin_3d,
+)
 from resbench.pipeline import Request
 from resbench.testing.zoo import check_full_size_on_meta, run_tiny
 
@@ -75,16 +81,26 @@ def test_vae_units_are_blocks_with_a_small_rest(model: str) -> None:
     assert all(u.weight_bytes == 4 * u.params for u in infos)  # the VAE runs in fp32
 
 
-def test_one_14b_block_flops_match_the_analytic_count() -> None:
+ONE_BLOCK_INPUTS = {  # 480x832x81: 32,760 tokens; x, e0, freqs as each DiT hands them
+    "diffusers": lambda n, dim: (torch.empty(1, n, dim, dtype=torch.bfloat16),
+                                 torch.empty(1, 1, 6, dim, dtype=torch.bfloat16),
+                                 (torch.empty(n, 64), torch.empty(n, 64))),
+    "original": lambda n, dim: (torch.empty(1, n, dim), torch.empty(1, n, 6, dim),
+                                torch.empty(n, 64, dtype=torch.complex128)),
+}
+
+
+@pytest.mark.parametrize(("block_cls", "cfg"), [(DiffusersWanBlock, WAN22_T2V_A14B),
+                                                (WanBlock, WAN22_T2V_A14B_ORIGINAL)])
+def test_one_14b_block_flops_match_the_analytic_count(block_cls, cfg) -> None:
     tokens, text, dim, ffn = 32_760, 512, 5120, 13_824  # 480x832x81
     with torch.device("meta"):
-        block = WanBlock(WAN22_T2V_A14B).to(torch.bfloat16)
-        x = torch.empty(1, tokens, dim)
-        e0 = torch.empty(1, tokens, 6, dim)
+        block = block_cls(cfg).to(torch.bfloat16)
+        x, e0, freqs = ONE_BLOCK_INPUTS[cfg.semantics](tokens, dim)
         context = torch.empty(1, text, dim, dtype=torch.bfloat16)
-        freqs = torch.empty(tokens, 64, dtype=torch.complex128)
         with FlopCounterMode(display=False) as counter:
-            block(x, e0, context, freqs)
+            out = block(x, e0, context, freqs)
+    assert out.dtype == x.dtype
     analytic = (2 * tokens * 4 * dim**2 + 4 * tokens**2 * dim
                 + 2 * tokens * 2 * dim**2 + 2 * text * 2 * dim**2 + 4 * tokens * text * dim
                 + 2 * tokens * 2 * dim * ffn)
@@ -129,20 +145,59 @@ def test_dit_runs_in_its_bf16_dtype_and_returns_fp32() -> None:
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("model", "per_token"), [("wan2.2-t2v-a14b", True),
-                                                  ("wan2.1-t2v-14b", False)])
-def test_wan22_time_embedding_is_per_token(model: str, per_token: bool) -> None:
-    dit = tiny(model, "transformer")
-    shapes = []
-    hook = dit.time_projection.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+@pytest.mark.parametrize(("model", "per_token", "stream"), [
+    ("wan2.2-t2v-a14b", False, torch.bfloat16),  # diffusers: one embedding per sample
+    ("wan2.2-ti2v-5b", True, torch.bfloat16),  # diffusers' expand_timesteps: one per token
+    ("wan2.2-t2v-a14b-orig", True, torch.float32),
+    ("wan2.2-ti2v-5b-orig", True, torch.float32),
+    ("wan2.1-t2v-14b", False, torch.float32),
+])
+def test_time_embedding_and_residual_stream(model: str, per_token: bool,
+                                            stream: torch.dtype) -> None:
+    dit = materialize(build_component(get_model(model).component("transformer"), TINY), "cpu")
+    shapes, streams = [], []
+    hooks = [dit.time_projection.register_forward_hook(lambda m, i, o: shapes.append(o.shape)),
+             dit.blocks[0].register_forward_hook(lambda m, i, o: streams.append(o.dtype))]
+    side = 8 if dit.cfg.in_dim == 48 else 4
     try:
         with torch.no_grad():
-            dit(torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]),
-                {"text_encoder": torch.randn(1, 512, dit.cfg.text_dim)})
+            dit(torch.randn(1, dit.cfg.in_dim, 2, side, side), torch.tensor([500.0]),
+                {"text_encoder": torch.randn(1, 512, dit.cfg.text_dim, dtype=torch.bfloat16)})
     finally:
-        hook.remove()
-    tokens = 2 * 2 * 2
+        for hook in hooks:
+            hook.remove()
+    tokens = 2 * (side // 2) ** 2
     assert shapes == [(1, tokens if per_token else 1, 6 * dit.cfg.dim)]
+    assert streams == [stream]
+
+
+@pytest.mark.parametrize("model", ["wan2.2-t2v-a14b", "wan2.2-ti2v-5b"])
+def test_deployed_and_original_numerics_compute_the_same_function(model: str) -> None:
+    """Same parameters; in float32 the two numerics differ by rounding only (the per-token
+    embedding of one timestep equals the per-sample one, fp32 RoPE the float64 one)."""
+    deployed = tiny(model, "transformer")
+    original = tiny(f"{model}-orig", "transformer")
+    assert type(deployed).__name__ == "DiffusersWanDiT" and type(original).__name__ == "WanDiT"
+    assert {n: p.shape for n, p in deployed.named_parameters()} == {
+        n: p.shape for n, p in original.named_parameters()}
+    original.load_state_dict(deployed.state_dict())
+    side = 8 if deployed.cfg.in_dim == 48 else 4
+    x = torch.randn(1, deployed.cfg.in_dim, 2, side, side, generator=torch.Generator().manual_seed(1))
+    cond = {"text_encoder": torch.randn(1, 512, deployed.cfg.text_dim)}
+    with torch.no_grad():
+        a, b = deployed(x, torch.tensor([700.0]), cond), original(x, torch.tensor([700.0]), cond)
+    assert a.dtype == b.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_rope_tables_are_the_original_rotations_in_float32() -> None:
+    from resbench.models.wan_dit import rope_freqs_3d
+
+    cos, sin = rope_cos_sin_3d(128, (3, 4, 5), torch.device("cpu"))
+    freqs = rope_freqs_3d(128, (3, 4, 5), torch.device("cpu"))
+    assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (60, 64)
+    torch.testing.assert_close(cos, freqs.real.float())
+    torch.testing.assert_close(sin, freqs.imag.float())
 
 
 def test_i2v_dit_requires_image_latents() -> None:

@@ -250,3 +250,20 @@ def test_measured_trials_without_a_stall_figure_store_none_not_zero() -> None:
     assert "stall_s" not in ev.user_attrs()
     assert Evaluation(plan=Plan(), fits=True, latency_s=1.0, peak_device_bytes=1,
                       pinned_host_bytes=0, stall_s=0.25).user_attrs()["stall_s"] == 0.25
+
+
+def test_a_gpu_tune_that_fails_midway_still_gives_the_weights_back(
+        tmp_path: Path, schedule: Schedule, fake_gpu: type[FakeGpu],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `tune --device cuda` closed its backend only on success, so an error
+    during the search left the pinned host copies and the device placeholders held."""
+    closed: list[bool] = []
+    monkeypatch.setattr(FakeGpu, "close", lambda self: closed.append(True), raising=False)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the search broke")
+
+    monkeypatch.setattr("resbench.tune.runner.Objective.__call__", broken)
+    with pytest.raises(RuntimeError, match="the search broke"):
+        tune(make_options(tmp_path, n_trials=3, device="cuda"), schedule=schedule)
+    assert closed == [True]

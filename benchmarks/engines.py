@@ -1,0 +1,791 @@
+"""Cross-engine benchmark: resbench plans against diffusers' and accelerate's own offload modes,
+on the same diffusers pipeline (random weights from the shipped configs), same card, same
+process, warm, median of 3 timed calls after one warm-up.
+
+    PYTHONPATH=$PWD python3 benchmarks/engines.py OUTDIR            # the H200 (≤ 400 s wall)
+    PYTHONPATH=. python benchmarks/engines.py OUTDIR --tiny         # CPU, tiny configs
+
+Cells, in priority order (every row is written as soon as it exists, so a run stopped by the
+time limit keeps what ran):
+
+(a) FLUX.1-dev 1024×1024, 8 steps (not 28: time), budgets 16 GB then 24 GB;
+(c) the host-limited cell: FLUX at 16 GB with 24 GB of pinned host memory (the model is
+    33.7 GB): the tuned plan for that host budget runs; every other row is the 16 GB row
+    read against the host budget (a peer mode does not change with it);
+(b) Wan2.2 T2V A14B 480×832×17, 4 steps, CFG, budgets 24 GB then 48 GB.
+(d) the compute-bound Wan 480×832×81 is left out: it cannot fit in the time limit.
+
+Rows per budget: no offload (only where the weights fit; measured once on the whole card, it
+is also the cell's compute time), the tuned plan (`benchmarks/results/engines_plans/`, tuned
+on CPU with the simulator before this run: out of sample), every peer mode
+(`resbench.peers.PEERS`), the resbench presets. A peer mode does not depend on the budget: it
+runs once at the smallest budget it fits, and the larger budget's row reuses that
+measurement (`measured_at`). Budgets are emulated with `set_per_process_memory_fraction`;
+an out-of-memory is a no-fit row. Slow modes (predicted over `SLOW_RUN_S` a call) run once,
+unwarmed; a row predicted to pass the time left is skipped with its reason.
+
+Per row: latency (median, and every sample), setup seconds, first (warm-up) call, peak device
+allocated and reserved, host RSS high-water mark, pinned host bytes (the caching host
+allocator's peak + resbench's exactly registered buffers), fit, and the physical lower bound
+of the cell: max(compute, DiT forwards × max(0, DiT bytes − (budget − activation peak)) /
+pinned H2D rate). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.tar.gz
+(torch.profiler Chrome traces of a few rows, for `resbench.peers.profile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import gc
+import io
+import json
+import os
+import signal
+import statistics
+import sys
+import tarfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resbench.errors import DoesNotFitError
+from resbench.peers import PEERS, LinkRates, PeerMode, RequestBytes, remove_hooks, to_pageable_cpu
+from resbench.peers.diffusers_modes import SequentialOffload
+
+T0 = time.perf_counter()
+"""Process start (near enough): the time limit counts from here, imports included."""
+
+PLANS = Path(__file__).parent / "results" / "engines_plans"
+PRESETS = ("sglang-wan2.2", "kijai-block-swap", "diffusers-group-offload",
+           "diffusers-model-offload", "diffusers-sequential-offload", "all-resident")
+SLOW_RUN_S = 12.0
+"""A mode predicted slower than this per call runs once, without warm-up."""
+SKIP_RUN_S = 60.0
+"""A mode predicted slower than this per call is skipped."""
+GB = 10**9
+H200 = LinkRates(h2d_pinned_bytes_per_s=55.1e9, h2d_pageable_bytes_per_s=5.3e9,
+                 d2h_pinned_bytes_per_s=55.0e9, d2h_pageable_bytes_per_s=13.9e9,
+                 pin_s_per_byte=4.2e-10)
+"""benchmarks/results/h200-calibrated.toml: for predictions only."""
+
+
+class TimeLimit(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    model: str
+    call: dict[str, Any]
+    budgets_bytes: tuple[int, ...]
+    plans: dict[int, str]
+    """budget → tuned plan file under PLANS."""
+    order: tuple[tuple[Any, str], ...]
+    """(budget, row) in priority order: budget in bytes, "card" or "host"; row a peer mode,
+    "tuned" or "preset:NAME"."""
+    deadline_s: float
+    """No row of the cell starts if it would end after this (seconds from the start)."""
+    host_budget_bytes: int | None = None
+    host_plan: str | None = None
+    dit_forwards: int = 1
+    profile_rows: tuple[str, ...] = ()
+    min_left_s: float = 30.0
+    """Not started with less time left than this (building the weights takes most of it)."""
+    note: str = ""
+
+
+def cells(tiny: bool) -> list[Cell]:
+    flux_call = {"prompt": "a red fox in the snow", "height": 1024, "width": 1024,
+                 "num_inference_steps": 8, "guidance_scale": 3.5}
+    wan_call = {"prompt": "a red fox in the snow", "negative_prompt": "", "height": 480,
+                "width": 832, "num_frames": 17, "num_inference_steps": 4, "guidance_scale": 5.0}
+    if tiny:
+        flux_call.update(height=64, width=64, num_inference_steps=2)
+        wan_call.update(height=32, width=32, num_frames=5, num_inference_steps=2)
+    lo, hi = 16 * GB, 24 * GB
+    flux_order = (
+        ("card", "no-offload"), (lo, "no-offload"), (hi, "no-offload"), (lo, "model-offload"),
+        (lo, "tuned"), (hi, "tuned"), (lo, "group-block-stream"), (hi, "model-offload"),
+        (lo, "accelerate-dispatch"), (hi, "accelerate-dispatch"), (lo, "group-leaf-stream"),
+        ("host", "tuned"), (lo, "preset:sglang-wan2.2"), (lo, "preset:kijai-block-swap"),
+        (lo, "group-block"), (lo, "sequential-offload"), (lo, "group-leaf"),
+        (lo, "group-block-stream-lowmem"), (lo, "group-leaf-stream-lowmem"),
+        (lo, "preset:diffusers-group-offload"), (lo, "preset:diffusers-model-offload"),
+        (lo, "preset:diffusers-sequential-offload"), (lo, "preset:all-resident"))
+    w_lo, w_hi = 24 * GB, 48 * GB
+    wan_order = (
+        (w_lo, "no-offload"), (w_hi, "no-offload"), (w_lo, "model-offload"),
+        (w_lo, "group-block-stream"), (w_lo, "tuned"), ("card", "no-offload"),
+        (w_lo, "accelerate-dispatch"), (w_hi, "tuned"), (w_hi, "model-offload"),
+        (w_hi, "accelerate-dispatch"), (w_lo, "preset:sglang-wan2.2"),
+        (w_lo, "group-leaf-stream"), (w_lo, "preset:kijai-block-swap"),
+        (w_lo, "group-block-stream-lowmem"), (w_lo, "group-block"), (w_lo, "sequential-offload"))
+    return [
+        Cell("flux-1024-s8", "flux.1-dev", flux_call, (lo, hi),
+             {lo: "flux-1024-s8-16GB.toml", hi: "flux-1024-s8-24GB.toml"}, flux_order,
+             deadline_s=185.0, host_budget_bytes=24 * GB,
+             host_plan="flux-1024-s8-16GB-host24GB.toml",
+             dit_forwards=flux_call["num_inference_steps"],
+             profile_rows=("resbench-tuned", "group-block-stream"),
+             note="8 steps, not 28 (time limit); guidance-distilled, one forward a step"),
+        Cell("wan-480x832x17-s4", "wan2.2-t2v-a14b", wan_call, (w_lo, w_hi),
+             {w_lo: "wan-480x832x17-s4-24GB.toml", w_hi: "wan-480x832x17-s4-48GB.toml"},
+             wan_order, deadline_s=1e9, dit_forwards=2 * wan_call["num_inference_steps"],
+             min_left_s=30.0 if tiny else 120.0,
+             note="4 steps, CFG: two forwards a step, the expert switch at boundary 0.875"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def word_tokenizer(model_max_length: int) -> Any:
+    """A word-level tokenizer (ids below every encoder's vocabulary); pads as the real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "fox", "in", "the", "snow"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=model_max_length)
+
+
+def build(model: str, tiny: bool, device: torch.device) -> Any:
+    """The pipeline with random weights in pageable CPU memory (drawn on the GPU, moved out
+    component by component), tokenizers registered."""
+    from resbench.engines.build import assemble, build_component, materialize, pipeline_configs
+    from resbench.engines.catalog import get_engine_model
+
+    engine_model = get_engine_model(model)
+    if tiny:
+        from tests.engines.helpers import FLUX_TINY, WAN_TINY
+
+        overrides = FLUX_TINY if model.startswith("flux") else WAN_TINY
+        configs = pipeline_configs(engine_model, overrides=overrides)
+    else:
+        configs = pipeline_configs(engine_model)
+    comps: dict[str, nn.Module] = {}
+    for role in engine_model.components:
+        module = build_component(engine_model, role.name, configs[role.name],
+                                 torch.float32 if tiny else None)
+        materialize(module, device, seed=0, name=role.name, draw_on_device=device.type == "cuda")
+        if device.type == "cuda":
+            module.to("cpu")
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        comps[role.name] = module
+        print(f"   built {role.name}: {nbytes(module) / GB:.2f} GB", flush=True)
+    pipe = assemble(engine_model, comps, configs)
+    if model.startswith("flux"):
+        pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer(512))
+    else:
+        pipe.register_modules(tokenizer=word_tokenizer(512))
+    return pipe
+
+
+def nbytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def dit_names(pipe: Any) -> list[str]:
+    from resbench.engines.apply import engine_model_of
+
+    return [r.name for r in engine_model_of(pipe).components if r.kind == "dit"]
+
+
+def request_bytes(pipe: Any, cell: Cell) -> RequestBytes:
+    comps = {n: m for n, m in pipe.components.items() if isinstance(m, nn.Module)}
+    dits = dit_names(pipe)
+    dit = max(nbytes(comps[d]) for d in dits)
+    return RequestBytes(dit_bytes=dit, dit_forwards=cell.dit_forwards,
+                        other_bytes=sum(nbytes(m) for n, m in comps.items() if n not in dits))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: what runs
+
+
+class NoOffload(PeerMode):
+    name = "no-offload"
+    library = "diffusers"
+    description = "pipe.to(device): every weight resident"
+
+    def apply(self, pipe: Any, device: torch.device, budget_bytes: int | None) -> None:
+        pipe.to(device)
+
+    def predict_transfer_s(self, load: RequestBytes, link: LinkRates) -> float:
+        return 0.0
+
+
+@dataclass
+class PlanRow:
+    """A resbench plan applied with `apply_plan`."""
+
+    plan: Any
+    name: str
+    handle: Any = None
+
+    def apply(self, pipe: Any, device: torch.device, budget_bytes: int | None) -> None:
+        from resbench.engines.apply import apply_plan
+
+        self.handle = apply_plan(pipe, self.plan, device=device, budget_bytes=budget_bytes)
+
+    def remove(self, pipe: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def pinned_bytes(self) -> int:
+        session = getattr(self.handle, "session", None)
+        device = getattr(getattr(session, "placement", None), "device", None)
+        return int(device.pinned_bytes()) if hasattr(device, "pinned_bytes") else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def host_stats() -> dict[str, int]:
+    if not torch.cuda.is_available():
+        return {}
+    return {k: int(v) for k, v in torch.cuda.host_memory_stats().items()}
+
+
+def host_pinned_peak() -> int:
+    stats = host_stats()
+    for key in ("reserved_bytes.peak", "segment_bytes.peak", "allocated_bytes.peak"):
+        if key in stats:
+            return stats[key]
+    return max([v for k, v in stats.items() if k.endswith("bytes.peak")] or [0])
+
+
+def reset_host_peaks() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        with contextlib.suppress(Exception):
+            torch.cuda.reset_peak_host_memory_stats()
+
+
+def rss_hwm_bytes() -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def free_everything() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        empty_host = getattr(torch._C, "_host_emptyCache", None) or getattr(
+            torch._C, "_accelerator_emptyHostCache", None)
+        if empty_host is not None:
+            empty_host()
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError | DoesNotFitError | MemoryError) or (
+        "out of memory" in str(exc).lower())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def budget(device: torch.device, budget_bytes: int | None) -> Any:
+    if device.type != "cuda":
+        yield
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (budget_bytes or total) / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+def annotate_components(pipe: Any) -> list[Any]:
+    """record_function ranges named `resbench::<component>` around each component's forward,
+    so a profile's kernels can be assigned to components."""
+    handles = []
+    for name, module in pipe.components.items():
+        if not isinstance(module, nn.Module):
+            continue
+        state: dict[str, Any] = {}
+
+        def pre(mod: nn.Module, args: Any, _n: str = name, _s: dict = state) -> None:
+            _s.setdefault("stack", []).append(torch.profiler.record_function(f"resbench::{_n}"))
+            _s["stack"][-1].__enter__()
+
+        def post(mod: nn.Module, args: Any, out: Any, _s: dict = state) -> None:
+            _s["stack"].pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return handles
+
+
+@dataclass
+class Bench:
+    out: Path
+    device: torch.device
+    limit_s: float
+    tiny: bool
+    start: float = T0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, bytes] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def left_s(self, deadline_s: float | None = None) -> float:
+        end = self.limit_s if deadline_s is None else min(self.limit_s, deadline_s)
+        return end - (time.perf_counter() - self.start)
+
+    def add(self, row: dict[str, Any]) -> None:
+        row = {"elapsed_s": round(time.perf_counter() - self.start, 1), **row}
+        self.rows.append(row)
+        lat = row.get("latency_s")
+        print(f"-- {row['cell']} {row['budget_gb']} GB {row['row']}: {row['status']}"
+              + (f" {lat:.3f} s" if isinstance(lat, float) else "")
+              + (f" ({row.get('reason')})" if row.get("reason") else ""), flush=True)
+        self.write()
+
+    def write(self) -> None:
+        doc = {"schema": 1, "environment": self.env, "rows": self.rows}
+        tmp = self.out / "cells.json.partial"
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        tmp.replace(self.out / "cells.json")
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys and not isinstance(r[k], list | dict)]
+        with (self.out / "cells.csv.partial").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+        (self.out / "cells.csv.partial").replace(self.out / "cells.csv")
+        if self.profiles:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                for name, data in self.profiles.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            (self.out / "profiles.tar.gz").write_bytes(buf.getvalue())
+
+    def run_row(self, pipe: Any, cell: Cell, budget_bytes: int | None, name: str, kind: str,
+                mode: Any, predicted_call_s: float, predicted_setup_s: float,
+                deadline_s: float | None = None, profile: bool = False,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Apply `mode`, warm up, time, remove; one row (also on no-fit or error)."""
+        base = {"cell": cell.key, "model": cell.model,
+                "budget_gb": round(budget_bytes / GB, 1) if budget_bytes else "card",
+                "budget_bytes": budget_bytes, "row": name, "kind": kind,
+                "predicted_call_s": round(predicted_call_s, 2), **(extra or {})}
+        slow = predicted_call_s > SLOW_RUN_S
+        warm, runs = (0, 1) if slow else (1, 3)
+        need = predicted_setup_s + (warm + runs) * predicted_call_s
+        if predicted_call_s > SKIP_RUN_S:
+            return {**base, "status": "skipped", "reason": f"predicted {predicted_call_s:.0f} s "
+                    f"a call > {SKIP_RUN_S:.0f} s"}
+        if need > self.left_s(deadline_s):
+            return {**base, "status": "skipped", "reason": f"time: needs ~{need:.0f} s, "
+                    f"{self.left_s(deadline_s):.0f} s left"}
+        free_everything()
+        reset_host_peaks()
+        samples: list[float] = []
+        row: dict[str, Any] = dict(base)
+        applied = False
+        # a row that runs far past its cell's deadline is cut, so the next cell keeps its time
+        signal.alarm(max(1, int(min(self.left_s(), self.left_s(deadline_s) + 30))))
+        try:
+            with budget(self.device, budget_bytes):
+                t0 = time.perf_counter()
+                mode.apply(pipe, self.device, budget_bytes)
+                applied = True
+                sync(self.device)
+                row["setup_s"] = time.perf_counter() - t0
+                for i in range(warm + runs):
+                    t0 = time.perf_counter()
+                    pipe(**cell.call, output_type="pt",
+                         generator=torch.Generator().manual_seed(0), return_dict=False)
+                    sync(self.device)
+                    dt = time.perf_counter() - t0
+                    if i < warm:
+                        row["first_call_s"] = dt
+                    else:
+                        samples.append(dt)
+                row.update(status="ok", fit=True, latency_s=statistics.median(samples),
+                           samples_s=samples, runs=len(samples), warm=warm > 0)
+                if profile and self.left_s(deadline_s) > 3 * predicted_call_s + 30:
+                    try:
+                        self.profile(pipe, cell, f"{cell.key}_{row['budget_gb']}GB_{name}.json")
+                    except TimeLimit:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the timing stands without it
+                        row["profile_error"] = one_line(exc)
+        except TimeLimit:
+            row.update(status="cut", fit=None, reason="time limit reached during the row")
+        except Exception as exc:  # noqa: BLE001 - every failure is a row
+            if is_oom(exc):
+                row.update(status="no-fit", fit=False, reason=one_line(exc))
+            else:
+                row.update(status="error", fit=None, reason=one_line(exc))
+                traceback.print_exc()
+        finally:
+            signal.alarm(0)
+            row.update(self.memory_fields(mode))
+            if applied or row.get("status") != "ok":
+                try:
+                    mode.remove(pipe)
+                except Exception as exc:  # noqa: BLE001
+                    row["remove_error"] = one_line(exc)
+                    remove_hooks(pipe)
+                    to_pageable_cpu(pipe)
+            free_everything()
+        return row
+
+    def memory_fields(self, mode: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"rss_peak_bytes": rss_hwm_bytes()}
+        registered = mode.pinned_bytes() if hasattr(mode, "pinned_bytes") else 0
+        out["pinned_bytes"] = host_pinned_peak() + registered
+        if self.device.type == "cuda":
+            out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
+        return out
+
+    def profile(self, pipe: Any, cell: Cell, name: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                         if self.device.type == "cuda" else [])
+        handles = annotate_components(pipe)
+        try:
+            with profile(activities=acts, profile_memory=True) as prof:
+                pipe(**cell.call, output_type="pt", generator=torch.Generator().manual_seed(0),
+                     return_dict=False)
+                sync(self.device)
+            path = self.out / "profile.tmp.json"
+            prof.export_chrome_trace(str(path))
+            import gzip
+
+            self.profiles[name + ".gz"] = gzip.compress(path.read_bytes(), 6)
+            path.unlink()
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The campaign
+
+
+def simulated_latency_s(path: Path) -> float | None:
+    """The simulated latency `resbench tune` wrote in the plan's header, if any."""
+    import re
+
+    found = re.search(r"^# Latency ([0-9.]+) s \(simulated\)", path.read_text(), re.M)
+    return float(found.group(1)) if found else None
+
+
+def memo_schedules() -> None:
+    """Record each (pipeline, call shape) schedule once: `apply_plan` records it on a meta
+    copy at its first call (seconds of CPU), the same for every plan row of a cell."""
+    import resbench.engines.apply as applying
+
+    original = applying.record_call
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def record_call(pipe: Any, cls: type, model: Any, shape: Any) -> Any:
+        key = (id(pipe), model.name, shape)
+        if key not in cache:
+            cache[key] = original(pipe, cls, model, shape)
+        return cache[key]
+
+    applying.record_call = record_call  # type: ignore[assignment]
+
+
+def run_cell(b: Bench, cell: Cell) -> None:
+    """Build the cell's pipeline, run its rows in priority order until its deadline, then
+    fill in the rows a measurement at another budget answers and the lower bounds."""
+    from resbench.residency.plan import load_plan
+    from resbench.resources import resolve_plan
+
+    print(f"== {cell.key} ({cell.note}); {b.left_s():.0f} s left", flush=True)
+    t0 = time.perf_counter()
+    pipe = build(cell.model, b.tiny, b.device)
+    b.env.setdefault("build_s", {})[cell.key] = round(time.perf_counter() - t0, 1)
+    load = request_bytes(pipe, cell)
+    comps = [m for m in pipe.components.values() if isinstance(m, nn.Module)]
+    weights = sum(nbytes(m) for m in comps)
+    largest = max(nbytes(m) for m in comps)
+    scale = 1.0
+    if b.tiny:  # tiny weights: budgets as the same fractions of the full model's weights
+        scale = weights / {"flux.1-dev": 33.74 * GB, "wan2.2-t2v-a14b": 69.02 * GB}[cell.model]
+    link = H200
+    common = {"weights_bytes": weights, "dit_bytes": load.dit_bytes,
+              "dit_forwards": cell.dit_forwards}
+    state = {"compute_s": 0.0}
+    first = len(b.rows)
+
+    def label(budget: Any) -> Any:
+        return budget if budget == "card" else round(budget / GB, 1)
+
+    def real(budget: Any) -> int | None:
+        return None if budget == "card" else int(budget * scale)
+
+    def call_s(mode: PeerMode) -> float:
+        return (state["compute_s"] or 2.0) + mode.predict_transfer_s(load, link)
+
+    def head(budget: Any, name: str, kind: str) -> dict[str, Any]:
+        return {"cell": cell.key, "model": cell.model, "budget_gb": label(budget),
+                "budget_bytes": real(budget), "row": name, "kind": kind, **common}
+
+    def peer_row(budget: Any, name: str) -> dict[str, Any]:
+        if name == "no-offload":
+            mode: PeerMode = NoOffload()
+        else:
+            mode = PEERS[name]
+        why = mode.available(b.device)
+        if b.tiny and isinstance(mode, SequentialOffload):
+            why = why or "accelerate's cpu_offload onto the CPU fails in set_module_tensor_to_device"
+        if why:
+            return {**head(budget, name, "peer"), "status": "unavailable", "reason": why}
+        limit = real(budget)
+        if limit is not None and name == "no-offload" and weights > limit:
+            return {**head(budget, name, "peer"), "status": "no-fit", "fit": False,
+                    "reason": f"weights {weights / GB / scale:.1f} GB > budget (not run)"}
+        if limit is not None and name == "model-offload" and largest > limit:
+            return {**head(budget, name, "peer"), "status": "no-fit", "fit": False,
+                    "reason": f"largest component {largest / GB / scale:.1f} GB > budget (not run)"}
+        if mode.pins_host and weights * 2 > host_ram_bytes() * 0.9:
+            return {**head(budget, name, "peer"), "status": "no-fit", "fit": False,
+                    "reason": f"host RAM: pinned copies while the pageable weights exist need "
+                              f"~{2 * weights / GB:.0f} GB of {host_ram_bytes() / GB:.0f} GB "
+                              "(not run: the process would be killed)"}
+        setup = weights * link.pin_s_per_byte if mode.pins_host else (
+            weights / link.h2d_pageable_bytes_per_s if name == "no-offload" else 1.0)
+        return b.run_row(pipe, cell, limit, name, "peer", mode, predicted_call_s=(
+                         2.0 if name == "no-offload" and not state["compute_s"] else call_s(mode)),
+                         predicted_setup_s=setup, deadline_s=cell.deadline_s,
+                         profile=name in cell.profile_rows and budget != "card",
+                         extra={**head(budget, name, "peer"), "mode": mode.description})
+
+    def plan_row(budget: Any, name: str, the_plan: Any, kind: str, path: Path | None = None,
+                 **extra: Any) -> dict[str, Any]:
+        simulated = simulated_latency_s(path) if path is not None and not b.tiny else None
+        return b.run_row(pipe, cell, real(budget), name, kind, PlanRow(the_plan, name),
+                         predicted_call_s=(1.2 * simulated + 0.5 if simulated
+                                           else call_s(PEERS["group-block-stream"])),
+                         predicted_setup_s=weights * link.pin_s_per_byte,
+                         deadline_s=cell.deadline_s, profile=name in cell.profile_rows,
+                         extra={**head(budget, name, kind), **extra})
+
+    done: dict[tuple[Any, str], dict[str, Any]] = {}
+    for budget, name in cell.order:
+        if name == "tuned":
+            path = PLANS / (cell.plans[budget] if budget != "host" else str(cell.host_plan))
+            if not path.is_file():
+                row = {**head(cell.budgets_bytes[0] if budget == "host" else budget,
+                              "resbench-tuned", "tuned"), "status": "skipped",
+                       "reason": f"no tuned plan {path.name}"}
+            elif budget == "host":
+                budget = cell.budgets_bytes[0]
+                host = int((cell.host_budget_bytes or 0) * scale)
+                row = plan_row(budget, "resbench-tuned-host", load_plan(path), "tuned", path,
+                               plan=path.name, host_budget_bytes=host)
+                row["cell"] = f"{cell.key}-host{label(cell.host_budget_bytes)}GB"
+                if row.get("fit"):
+                    row["fit"] = row.get("pinned_bytes", 0) <= host
+                    if not row["fit"]:
+                        row.update(status="no-fit", reason=f"pinned {row['pinned_bytes'] / GB:.1f} "
+                                   f"GB > host budget {host / GB:.1f} GB")
+            else:
+                row = plan_row(budget, "resbench-tuned", load_plan(path), "tuned", path,
+                               plan=path.name)
+        elif name.startswith("preset:"):
+            row = plan_row(budget, f"resbench-{name[7:]}", resolve_plan(name[7:]), "preset")
+        else:
+            row = peer_row(budget, name)
+            if name == "no-offload" and budget == "card":
+                row["kind"] = "reference"
+                if row.get("status") == "ok":
+                    state["compute_s"] = row["latency_s"]
+        b.add(row)
+        done[(budget, row["row"])] = row
+    fill_in(b, cell, done, head, real, label)
+    bounds(b, cell, first, load, link, scale)
+    pipe = None  # the closures above hold it too
+    free_everything()
+
+
+BUDGET_FREE = ("no-offload", "model-offload", "sequential-offload", "group-block-stream",
+               "group-leaf-stream", "group-block-stream-lowmem", "group-leaf-stream-lowmem",
+               "group-block", "group-leaf")
+"""Peer modes that do the same at any budget: one measurement answers every budget it fits."""
+
+
+def fill_in(b: Bench, cell: Cell, done: dict[tuple[Any, str], dict[str, Any]], head: Any,
+            real: Any, label: Any) -> None:
+    """Rows of every budget for every mode: copied from a measurement at another budget the
+    mode fit (a budget-free peer, a static preset), else the reason it is missing."""
+    from resbench.resources import resolve_plan
+
+    names = ["no-offload", "resbench-tuned", *PEERS,
+             *(f"resbench-{p}" for p in PRESETS)]
+    for budget in cell.budgets_bytes:
+        for name in names:
+            if (budget, name) in done:
+                continue
+            static = name.startswith("resbench-") and name != "resbench-tuned" and (
+                resolve_plan(name[9:]).policy == "static")
+            source = None
+            if name in BUDGET_FREE or static:
+                fits = [r for (bud, n), r in done.items() if n == name and r.get("status") == "ok"
+                        and bud != "card" and bud != "host"]
+                fits = [r for r in fits if isinstance(r.get("budget_bytes"), int)
+                        and (r.get("peak_reserved_bytes") or r["budget_bytes"]) <= real(budget)]
+                source = fits[0] if fits else None
+            if source is not None:
+                row = {**source, **head(budget, name, source.get("kind", "peer")),
+                       "measured_at": source["budget_gb"]}
+            else:
+                kind = "tuned" if name == "resbench-tuned" else (
+                    "preset" if name.startswith("resbench-") else "peer")
+                row = {**head(budget, name, kind), "status": "skipped",
+                       "reason": "not reached (time) or not measured at a budget it fits"}
+            b.add(row)
+    if cell.host_budget_bytes:
+        host_cell(b, cell, label)
+
+
+def host_cell(b: Bench, cell: Cell, label: Any) -> None:
+    """The host-limited cell: every row of the smallest budget read against the host budget
+    (the peers' pinned bytes do not depend on it); the tuned-host row ran already."""
+    key = f"{cell.key}-host{label(cell.host_budget_bytes)}GB"
+    small = label(cell.budgets_bytes[0])
+    host = cell.host_budget_bytes or 0
+    if b.tiny:
+        rows = [r for r in b.rows if r.get("row") == "resbench-tuned-host" and r["cell"] == key]
+        host = rows[0].get("host_budget_bytes", host) if rows else host
+    for prev in [r for r in b.rows if r["cell"] == cell.key and r.get("budget_gb") == small]:
+        pinned = prev.get("pinned_bytes") or 0
+        fits = bool(prev.get("fit")) and pinned <= host
+        row = {**prev, "cell": key, "host_budget_bytes": host, "fit": fits if prev.get("status")
+               in ("ok", "no-fit") else prev.get("fit"),
+               "measured_at": f"{prev.get('measured_at', small)} (host budget applied to its "
+                              "pinned bytes)"}
+        if prev.get("status") == "ok" and not fits:
+            row.update(status="no-fit", reason=f"pinned {pinned / GB:.1f} GB > host budget "
+                                               f"{host / GB:.1f} GB")
+        b.add(row)
+
+
+def bounds(b: Bench, cell: Cell, first: int, load: RequestBytes, link: LinkRates,
+           scale: float) -> None:
+    """The physical lower bound of every row of the cell: max(compute, DiT forwards × the DiT
+    bytes that do not fit beside the activations / pinned H2D rate)."""
+    ref = [r for r in b.rows[first:] if r.get("kind") == "reference" and r.get("status") == "ok"]
+    if not ref:
+        return
+    compute = ref[0]["latency_s"]
+    weights = ref[0]["weights_bytes"]
+    activations = max(0, (ref[0].get("peak_allocated_bytes") or weights) - weights)
+    for row in b.rows[first:]:
+        budget = row.get("budget_bytes")
+        if not isinstance(budget, int):
+            continue
+        room = max(0, budget - activations)
+        moved = cell.dit_forwards * max(0, load.dit_bytes - room)
+        transfer = moved / link.h2d_pinned_bytes_per_s
+        row.update(compute_s=compute, activation_bytes=activations, must_move_bytes=moved,
+                   transfer_bound_s=transfer, lower_bound_s=max(compute, transfer))
+    b.write()
+
+
+def host_ram_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 40
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    from importlib import metadata
+
+    env: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv,
+                           "device": str(device), "host_ram_bytes": host_ram_bytes()}
+    for pkg in ("torch", "diffusers", "accelerate", "transformers"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            env[pkg] = metadata.version(pkg)
+    if device.type == "cuda":
+        env["card"] = torch.cuda.get_device_name(device)
+        env["card_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--tiny", action="store_true", help="CPU, tiny configs")
+    ap.add_argument("--limit-s", type=float, default=None,
+                    help="stop starting rows after this (default 360 on the GPU, 300 tiny)")
+    ap.add_argument("--cells", default="flux-1024-s8,wan-480x832x17-s4")
+    args = ap.parse_args(argv)
+    device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else torch.device("cuda", 0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    b = Bench(args.out, device, args.limit_s or (300.0 if args.tiny else 360.0), args.tiny)
+    b.env = environment(device)
+    b.env["limit_s"] = b.limit_s
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeLimit
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    memo_schedules()
+    torch.set_grad_enabled(False)
+    wanted = args.cells.split(",")
+    for cell in (c for c in cells(args.tiny) if c.key in wanted):
+        if b.left_s() < cell.min_left_s:
+            print(f"== {cell.key}: skipped, {b.left_s():.0f} s left", flush=True)
+            b.rows.append({"cell": cell.key, "row": "*", "status": "skipped", "reason": "time"})
+            continue
+        try:
+            run_cell(b, cell)
+        except TimeLimit:
+            print(f"== {cell.key}: time limit", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            b.rows.append({"cell": cell.key, "row": "*", "status": "error", "reason": one_line(exc)})
+        free_everything()
+    b.env["wall_s"] = round(time.perf_counter() - b.start, 1)
+    b.write()
+    print(f"done in {b.env['wall_s']} s: {len(b.rows)} rows in {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The `measure` mode of benchmarks/gpu_oos3.py: the committed pairs, run on one device.
+
+One process. Per model the diffusers engine's weights are built once (drawn on the card,
+pinned on the host) and shared by every request's `CudaBackend`; per model the first pair
+expected to fit runs once untimed (kernels, cuBLAS / cuDNN handles; a model's requests
+share them, and the VAE decodes one latent frame at a time), then every pair runs
+once, timed, warm. A pair that does not fit (`DoesNotFitError`: device out of memory, host
+memory) is a result, not a failure. One CSV row per pair, flushed, so a run cut short keeps
+its rows; pairs whose expected seconds would pass the deadline are skipped, named.
+``--device cpu --scale 0.02`` runs the same loop through `CpuBackend` on tiny requests
+(plumbing only; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import hashlib
+import json
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from resbench.errors import DoesNotFitError
+from resbench.models import get_model
+from resbench.pipeline import Request
+from resbench.resources import resolve_plan
+from resbench.schedule import Schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = "diffusers"
+MEASURED_NAME = "gpu_oos3_measured.csv"
+MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale", "schedule",
+                   "request_run", "budget_bytes_run", "warm_up", "latency_s",
+                   "peak_allocated_bytes", "peak_reserved_bytes", "setup_s", "compute_s",
+                   "stall_s", "h2d_bytes", "d2h_bytes", "pinned_host_bytes", "wall_s",
+                   "elapsed_s"]
+DRY_SIZE = 32
+"""--device cpu: every request shrinks to 32x32 (5 frames for video), at most 2 steps."""
+CACHE = ROOT / "runs" / "schedules"
+WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as gpu_oos3.WEIGHTS_S: deadline checks
+
+
+def fingerprint(schedule: Schedule) -> str:
+    """A short hash of what the simulator replays (units, calls, state), to show that the
+    measured run's recording is the one the prediction used."""
+    return hashlib.sha1(repr((schedule.units, schedule.calls, schedule.state_bytes)).encode()
+                        ).hexdigest()[:12]
+
+
+def record_schedule(model: str, request: Request, *, scale: float, dtype: Any = None) -> Schedule:
+    """The diffusers engine's recording of `request` (cached under runs/schedules/)."""
+    import torch
+
+    from resbench.engines.base import make_engine
+
+    r = request
+    name = (f"oos3-{ENGINE}-{model}-{r.height}x{r.width}x{r.frames}-s{r.steps}-cfg{int(r.cfg)}"
+            f"-sc{scale}-{'fp32' if dtype is not None else 'native'}-torch{torch.__version__}.pkl")
+    path = CACHE / name
+    if path.is_file():
+        with path.open("rb") as f:
+            schedule: Schedule = pickle.load(f)
+        if schedule.request == asdict(request):
+            return schedule
+    schedule = make_engine(ENGINE, get_model(model), scale=scale).record(request, dtype=dtype)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(schedule, f)
+    return schedule
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: run `predict` and commit its output before "
+                         f"measuring (the predictions must precede the GPU run)")
+    return pd.read_csv(path)
+
+
+def run_request(row: Any, device: str) -> Request:
+    """The request a row runs: as predicted on the card, shrunk for a CPU dry run."""
+    spec = get_model(row.model)
+    if device == "cuda":
+        return Request.for_model(spec, height=int(row.height), width=int(row.width),
+                                 frames=int(row.frames), steps=int(row.steps), cfg=bool(row.cfg))
+    return Request.for_model(spec, height=DRY_SIZE, width=DRY_SIZE,
+                             frames=5 if spec.is_video else 1, steps=min(2, int(row.steps)),
+                             cfg=bool(row.cfg))
+
+
+class ModelRuns:
+    """The backends of one model (one per request), sharing weights built once on the card."""
+
+    def __init__(self, model: str, *, device: str, scale: float) -> None:
+        from resbench.engines.base import make_engine
+        from resbench.hardware import get_profile
+
+        self.spec = get_model(model)
+        self.device, self.scale = device, scale
+        self.profile = get_profile("h200-141g")  # unused by the real run's timing
+        self.engine = make_engine(ENGINE, self.spec, scale=scale)
+        self.weights = self.engine.cuda_weights(seed=0) if device == "cuda" else None
+        self.backends: dict[Request, Any] = {}
+        self.warm = False  # whether a run of this model has warmed the kernels up
+
+    def backend(self, request: Request) -> Any:
+        from resbench.execution import CpuBackend, CudaBackend
+
+        if request not in self.backends:
+            common: dict[str, Any] = {"profile": self.profile, "scale": self.scale,
+                                      "engine": self.engine}
+            if self.device == "cuda":
+                schedule = record_schedule(self.spec.name, request, scale=self.scale)
+                self.backends[request] = CudaBackend(self.spec, request, weights=self.weights,
+                                                     schedule=schedule, **common)
+            else:
+                self.backends[request] = CpuBackend(self.spec, request, **common)
+        return self.backends[request]
+
+    def close(self) -> None:
+        import torch
+
+        for b in self.backends.values():
+            b.close()  # the shared host weights: unregistered by the first, then a no-op
+        self.backends.clear()
+        if self.weights is not None:
+            self.weights.host.close()
+        self.weights = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
+    """One pair's row: its measured figures, or why it did not fit, or the error. The first
+    pair of a model expected to fit runs once untimed before its timed run."""
+    request = run_request(row, runs.device)
+    out: dict[str, Any] = {"pair_id": row.pair_id, "device": runs.device, "scale": runs.scale,
+                           "request_run": f"{request.height}x{request.width}x{request.frames}"
+                                          f"s{request.steps}"}
+    t0 = time.perf_counter()
+    try:
+        backend = runs.backend(request)
+        budget = None if pd.isna(row.budget_bytes) else int(row.budget_bytes)  # None: the card
+        if runs.device != "cuda" and budget is not None:  # the same share of the weights
+            weights = sum(u.weight_bytes for u in backend.schedule.units)
+            budget = int(budget * weights / row.model_weight_bytes)
+        warm_up = bool(row.pred_fits) and not runs.warm
+        out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget,
+                   warm_up=warm_up)
+        source = row.plan_source
+        plan = resolve_plan(ROOT / source if source.endswith(".toml") else source)
+        r = backend.run(plan, budget, trace=False, warmup=warm_up)
+        runs.warm = True
+    except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
+        return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
+                "wall_s": time.perf_counter() - t0}
+    except Exception as exc:  # a bug: keep it, go on with the next pair
+        return {**out, "status": "error", "failure": type(exc).__name__,
+                "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
+    return {**out, "status": "ok", "latency_s": r.latency_s,
+            "peak_allocated_bytes": r.peak_device_bytes,
+            "peak_reserved_bytes": r.peak_reserved_bytes, "setup_s": r.setup_s,
+            "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
+            "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
+            "wall_s": time.perf_counter() - t0}
+
+
+def by_model(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Rows by model, models in order of first appearance, rows in file order."""
+    for model in dict.fromkeys(frame.model):
+        yield model, frame[frame.model == model]
+
+
+def environment() -> dict[str, Any]:
+    import subprocess
+
+    import torch
+
+    info: dict[str, Any] = {"torch": torch.__version__,
+                            "date": time.strftime("%Y-%m-%d %H:%M %Z", time.gmtime())}
+    try:
+        import diffusers
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info.update(cuda=torch.version.cuda, card=torch.cuda.get_device_name(),
+                    memory_total_bytes=torch.cuda.get_device_properties(0).total_memory,
+                    visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=index,name,driver_version,"
+                                  "memory.total,pci.bus_id", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            info["nvidia_smi"] = smi.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    else:
+        info["card"] = "cpu (dry run)"
+    with contextlib.suppress(ValueError, OSError):
+        info["host_mem_available_bytes"] = (os.sysconf("SC_AVPHYS_PAGES")
+                                            * os.sysconf("SC_PAGE_SIZE"))
+    return info
+
+
+def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: float = 1.0,
+            pairs: list[str] | None = None, deadline_s: float = 262.0) -> Path:
+    """Run the pairs of `predictions` (all, or those named) on `device`; write
+    `out_dir/gpu_oos3_measured.csv` (and a `.json` with the environment and phases)."""
+    start = time.perf_counter()
+    frame = read_predictions(predictions)
+    if pairs:
+        unknown = sorted(set(pairs) - set(frame.pair_id))
+        if unknown:
+            raise SystemExit(f"unknown pair ids {unknown}; see {predictions}")
+        frame = frame[frame.pair_id.isin(pairs)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log: dict[str, Any] = {"command": " ".join(sys.argv), "environment": environment(),
+                           "predictions": str(predictions), "deadline_s": deadline_s,
+                           "models": []}
+    log_path = (out_dir / MEASURED_NAME).with_suffix(".json")
+    path = out_dir / MEASURED_NAME
+
+    def late(seconds: float) -> bool:
+        return device == "cuda" and time.perf_counter() - start + seconds > deadline_s
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MEASURED_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+
+        def write(res: dict[str, Any]) -> None:
+            res["elapsed_s"] = time.perf_counter() - start
+            writer.writerow(res)
+            f.flush()
+            os.fsync(f.fileno())
+            print("ROW", json.dumps({k: res.get(k) for k in (
+                "pair_id", "status", "latency_s", "peak_allocated_bytes", "failure",
+                "elapsed_s")}), flush=True)
+
+        for model, rows in by_model(frame):
+            log_path.write_text(json.dumps(log, indent=1))
+            if late(WEIGHTS_S.get(model, 30.0) + float(rows.expected_gpu_s.min())):
+                for row in rows.itertuples():
+                    write({"pair_id": row.pair_id, "status": "skipped", "message": "deadline"})
+                continue
+            t0 = time.perf_counter()
+            print(f"building {model} weights", flush=True)
+            runs = ModelRuns(model, device=device, scale=scale)
+            log["models"].append({"model": model, "weights_s": time.perf_counter() - t0})
+            print(f"{model} weights in {time.perf_counter() - t0:.1f} s", flush=True)
+            try:
+                for row in rows.itertuples():
+                    extra = (2 * row.expected_gpu_s if row.pred_fits and not runs.warm
+                             else row.expected_gpu_s)
+                    if late(extra):
+                        res = {"pair_id": row.pair_id, "status": "skipped", "message": "deadline"}
+                    else:
+                        res = measure_pair(runs, row)
+                    write(res)
+            finally:
+                runs.close()
+    log["total_s"] = time.perf_counter() - start
+    log_path.write_text(json.dumps(log, indent=1))
+    return path
