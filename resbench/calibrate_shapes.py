@@ -15,11 +15,12 @@ pipeline run, nothing fitted to one):
 * `conv_fp32_flops_per_s`: fp32 conv3d at the Wan VAE decoder's shapes (one latent frame at
   a time with its two causal cache frames, 60×104 up to 480×832), weighted by how many of
   each a decoder pass runs;
-* `conv_workspace_bytes`: the most device memory a decoder conv (Wan fp32 conv3d, FLUX bf16
-  conv2d) holds beyond its input, output and weight, read from the caching allocator's peak;
-* `attention_workspace_bytes_per_flop`: the same for SDPA with one wide head (the VAEs'
-  mid-block attention: head dim 512 in bf16 for FLUX at 1024², 384 in fp32 for Wan at
-  480×832), per attention FLOP.
+* `conv_workspace_bytes` / `conv_fp32_workspace_bytes`: the most device memory a decoder
+  conv (FLUX bf16 conv2d / Wan fp32 conv3d) holds beyond its input, output and weight, read
+  from the caching allocator's peak;
+* `attention_workspace_bytes_per_flop` / `attention_fp32_workspace_bytes_per_flop`: the same
+  for SDPA with one wide head (the VAEs' mid-block attention: head dim 512 in bf16 for FLUX
+  at 1024², 384 in fp32 for Wan at 480×832), per attention FLOP.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def calibrate_decoder(*, quick: bool = False, samples: int = 5,
         workspaces[f"conv2d_bf16_{cin}x{side}x{side}"] = extra
         del x, wt
         _empty_cache(torch)
-    per_flop = []
+    per_flop: dict[str, float] = {}
     for label, dim, seq, dtype in WIDE_ATTENTION:
         q, k, v = (torch.randn(1, 1, seq, dim, device=device, dtype=getattr(torch, dtype))
                    for _ in range(3))
@@ -205,11 +206,14 @@ def calibrate_decoder(*, quick: bool = False, samples: int = 5,
                              samples=samples)
         ms.append(Measurement(f"attention_{label}_{dtype}", seq, flops, times))
         workspaces[f"attention_{label}_{dtype}"] = extra
-        per_flop.append(extra / flops)
+        per_flop[dtype] = max(per_flop.get(dtype, 0.0), extra / flops)
         del q, k, v
         _empty_cache(torch)
     fields = {"conv_fp32_flops_per_s": flops_total / seconds_total,
               "conv_workspace_bytes": max(v for k, v in workspaces.items()
-                                          if k.startswith("conv")),
-              "attention_workspace_bytes_per_flop": max(per_flop)}
+                                          if k.startswith("conv2d_bf16")),
+              "conv_fp32_workspace_bytes": max(v for k, v in workspaces.items()
+                                               if k.startswith("conv3d_fp32")),
+              "attention_workspace_bytes_per_flop": per_flop.get("bfloat16", 0.0),
+              "attention_fp32_workspace_bytes_per_flop": per_flop.get("float32", 0.0)}
     return {"fields": fields, "measurements": ms, "workspace_bytes": workspaces}
