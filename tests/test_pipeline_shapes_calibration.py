@@ -119,3 +119,21 @@ def test_shape_calibration_runs_its_loops_on_cpu(monkeypatch: pytest.MonkeyPatch
     assert dec["fields"]["attention_fp32_workspace_bytes_per_flop"] == pytest.approx(
         4096 / (4 * 32 * 32 * 8))
     assert dec["fields"]["attention_workspace_bytes_per_flop"] == 0.0  # no bf16 shape here
+
+
+def test_workspace_fields_split_by_precision_from_samples(tmp_path: Path) -> None:
+    import json
+
+    samples = {"workspace_bytes": {
+        "conv3d_fp32_96x480x832x4": 1500, "conv3d_fp32_384x60x104x1": 60,
+        "conv2d_bf16_256x1024x1024": 1000, "attention_flux-vae-mid_bfloat16": 4 * 16384**2 * 512,
+        "attention_wan-vae-mid_float32": 0}}
+    (tmp_path / "card.samples.json").write_text(json.dumps(samples))
+    p = calibrate_shapes.with_workspace_fields(BASE, tmp_path / "card.samples.json")
+    assert (p.conv_workspace_bytes, p.conv_fp32_workspace_bytes) == (1000, 1500)
+    assert p.attention_workspace_bytes_per_flop == pytest.approx(1.0)
+    assert p.attention_fp32_workspace_bytes_per_flop == 0.0
+    assert p.provenance["conv_fp32_workspace_bytes"] == "measured"
+    (tmp_path / "old.samples.json").write_text("{}")
+    with pytest.raises(InputError, match="no workspace_bytes"):
+        calibrate_shapes.with_workspace_fields(BASE, tmp_path / "old.samples.json")
