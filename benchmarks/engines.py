@@ -248,10 +248,18 @@ class PlanRow:
             self.handle.remove()
             self.handle = None
 
-    def pinned_bytes(self) -> int:
+    def _device(self) -> Any:
         session = getattr(self.handle, "session", None)
-        device = getattr(getattr(session, "placement", None), "device", None)
+        return getattr(getattr(session, "placement", None), "device", None)
+
+    def pinned_bytes(self) -> int:
+        device = self._device()
         return int(device.pinned_bytes()) if hasattr(device, "pinned_bytes") else 0
+
+    def host_bytes(self) -> int | None:
+        """Bytes of the host copies the plan keeps (pinned or pageable), None on the CPU."""
+        host = getattr(self._device(), "host", None)
+        return int(host.host_bytes()) if hasattr(host, "host_bytes") else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +473,10 @@ class Bench:
         out: dict[str, Any] = {"rss_peak_bytes": rss_hwm_bytes()}
         registered = mode.pinned_bytes() if hasattr(mode, "pinned_bytes") else 0
         out["pinned_bytes"] = host_pinned_peak() + registered
+        out["pinned_registered_bytes"] = registered
+        if hasattr(mode, "host_bytes"):
+            with contextlib.suppress(Exception):
+                out["plan_host_bytes"] = mode.host_bytes()
         if self.device.type == "cuda":
             out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
