@@ -331,26 +331,6 @@ def budget(device: torch.device, budget_bytes: int | None) -> Any:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
-def annotate_components(pipe: Any) -> list[Any]:
-    """record_function ranges named `resbench::<component>` around each component's forward,
-    so a profile's kernels can be assigned to components."""
-    handles = []
-    for name, module in pipe.components.items():
-        if not isinstance(module, nn.Module):
-            continue
-        state: dict[str, Any] = {}
-
-        def pre(mod: nn.Module, args: Any, _n: str = name, _s: dict = state) -> None:
-            _s.setdefault("stack", []).append(torch.profiler.record_function(f"resbench::{_n}"))
-            _s["stack"][-1].__enter__()
-
-        def post(mod: nn.Module, args: Any, out: Any, _s: dict = state) -> None:
-            _s["stack"].pop().__exit__(None, None, None)
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    return handles
-
-
 @dataclass
 class Bench:
     out: Path
@@ -487,7 +467,9 @@ class Bench:
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                          if self.device.type == "cuda" else [])
-        handles = annotate_components(pipe)
+        from resbench.peers.profile import annotate_components
+
+        annotations = annotate_components(pipe)
         try:
             with profile(activities=acts, profile_memory=True) as prof:
                 pipe(**cell.call, output_type="pt", generator=torch.Generator().manual_seed(0),
@@ -500,8 +482,7 @@ class Bench:
             self.profiles[name + ".gz"] = gzip.compress(path.read_bytes(), 6)
             path.unlink()
         finally:
-            for h in handles:
-                h.remove()
+            annotations.remove()
 
 
 def one_line(exc: BaseException) -> str:
@@ -565,7 +546,8 @@ def run_cell(b: Bench, cell: Cell) -> None:
         return budget if budget == "card" else round(budget / GB, 1)
 
     def real(budget: Any) -> int | None:
-        return None if budget == "card" else int(budget * scale)
+        # tiny activations are a larger share of tiny weights: budgets 2.5× their share
+        return None if budget == "card" else int(budget * scale * (2.5 if b.tiny else 1.0))
 
     def call_s(mode: PeerMode) -> float:
         return (state["compute_s"] or 2.0) + mode.predict_transfer_s(load, link)
