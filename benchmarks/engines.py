@@ -425,7 +425,7 @@ class Bench:
                     try:
                         self.profile(pipe, cell, f"{cell.key}_{row['budget_gb']}GB_{name}.json")
                     except TimeLimit:
-                        raise
+                        row["profile_error"] = "time limit reached while profiling"
                     except Exception as exc:  # noqa: BLE001 - the timing stands without it
                         row["profile_error"] = one_line(exc)
         except TimeLimit:
