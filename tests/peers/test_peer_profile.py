@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from resbench.peers.profile import profile_events, profile_result, read_chrome_trace, save_profile_run
+from resbench.peers.profile import (
+    profile_events,
+    profile_result,
+    read_chrome_trace,
+    save_profile_run,
+)
 
 FIXTURE = Path(__file__).parent.parent / "data" / "peer_profile_gpu.json"
 KINDS = {"text_encoder": "text_encoder", "transformer": "dit"}
