@@ -137,12 +137,49 @@ def render(frame: pd.DataFrame, env: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Path]:
+    """Each profile in `profiles.tar.gz` as a run folder under `out` (`resbench compare`
+    reads them), with its row's budget, pinned bytes and peak from the cells."""
+    import gzip
+    import tarfile
+
+    from resbench.models.registry import get_model
+    from resbench.peers.profile import save_profile_run
+
+    runs = []
+    with tarfile.open(tar_path) as tar:
+        for member in tar.getmembers():
+            events = json.loads(gzip.decompress(tar.extractfile(member).read()))  # type: ignore[union-attr]
+            name = member.name.removesuffix(".json.gz")
+            cell, budget, row = name.split("_", 2)
+            match = frame[(frame["cell"] == cell) & (frame["row"] == row)
+                          & (frame["budget_gb"].astype(str) + "GB" == budget)]
+            r = match.iloc[0] if len(match) else pd.Series(dtype=object)
+            model = str(r.get("model", "flux.1-dev"))
+            kinds = {c.name: c.kind for c in get_model(model).components}
+            runs.append(save_profile_run(
+                out / name, events["traceEvents"], name=name, model=model,
+                request={"cell": cell}, description=str(r.get("mode") or row), kinds=kinds,
+                budget_bytes=int(r["budget_bytes"]) if _num(r.get("budget_bytes")) == _num(
+                    r.get("budget_bytes")) else None,
+                pinned_host_bytes=int(_num(r.get("pinned_bytes")) or 0)
+                if _num(r.get("pinned_bytes")) == _num(r.get("pinned_bytes")) else 0,
+                force=True))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cells", type=Path, help="cells.json (or the folder holding it)")
     ap.add_argument("-o", "--out", type=Path, default=None)
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="also convert the folder's profiles.tar.gz into run folders here")
     args = ap.parse_args(argv)
     frame, env = load(args.cells)
+    if args.runs is not None:
+        folder = args.cells if args.cells.is_dir() else args.cells.parent
+        for run in profiles_to_runs(folder / "profiles.tar.gz", args.runs, frame):
+            print(f"run: {run}", file=sys.stderr)
     text = render(frame, env)
     if args.out:
         args.out.write_text(text)
