@@ -82,7 +82,8 @@ def annotate_components(pipe: Any) -> _Annotations:
             if bound is None or method in module.__dict__:
                 continue
 
-            def wrapper(*args: Any, _f: Any = bound, _n: str = name, **kwargs: Any) -> Any:
+            def wrapper(*args: Any, _f: Any = bound, _n: str = f"{name}.{method}",
+                        **kwargs: Any) -> Any:
                 with torch.profiler.record_function(f"{PREFIX}{_n}"):
                     return _f(*args, **kwargs)
 
@@ -99,26 +100,36 @@ def read_chrome_trace(path: str | Path) -> list[dict[str, Any]]:
     return list(doc["traceEvents"] if isinstance(doc, dict) else doc)
 
 
+METHOD_STAGES = {"decode": "decode", "encode": "image_encode"}
+"""Stage of a VAE range annotated as ``resbench::<component>.<method>``."""
+
+
 class _Ranges:
-    """Annotated component ranges on the host; `at(t)` is the innermost one open at t."""
+    """Annotated component ranges on the host; `at(t)` is the innermost one open at t.
+    Each span is (start, end, component, stage hint: a method's stage, else '')."""
 
     def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
         spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)),
-                        str(e["name"])[len(PREFIX):])
+                        *_component_and_stage(str(e["name"])[len(PREFIX):]))
                        for e in events if e.get("ph") == "X"
                        and e.get("cat") in ("user_annotation", "cpu_op")
                        and str(e.get("name", "")).startswith(PREFIX))
         self.spans = spans
-        self.starts = [s for s, _, _ in spans]
+        self.starts = [span[0] for span in spans]
 
     def at(self, t: float) -> str:
         i = bisect.bisect_right(self.starts, t)
         while i > 0:
             i -= 1
-            start, end, name = self.spans[i]
+            start, end, name, _ = self.spans[i]
             if start <= t <= end:
                 return name
         return ""
+
+
+def _component_and_stage(label: str) -> tuple[str, str]:
+    component, _, method = label.partition(".")
+    return component, METHOD_STAGES.get(method, "")
 
 
 def profile_events(events: Sequence[Mapping[str, Any]], *,
@@ -162,8 +173,8 @@ def profile_events(events: Sequence[Mapping[str, Any]], *,
             args = e.get("args", {})
             if int(args.get("Device Type", 0)) != 0:
                 rows.append((start, dict(memory=int(args.get("Total Allocated", 0)), t=sec(start))))
-    for start, end, comp in ranges.spans:
-        rows.append((start, dict(stage_enter=comp, t=sec(start))))
+    for start, end, comp, stage in ranges.spans:
+        rows.append((start, dict(stage_enter=comp, stage=stage, t=sec(start))))
         rows.append((end, dict(stage_exit=comp, t=sec(end))))
         if not kernels:  # a CPU-only profile: the component's range is its compute
             rows.append((start, dict(kind="compute", t=sec(start), end=sec(end), component=comp,
@@ -177,7 +188,8 @@ def profile_events(events: Sequence[Mapping[str, Any]], *,
             continue
         if "stage_enter" in r or "stage_exit" in r:
             comp = r.get("stage_enter") or r.get("stage_exit")
-            tracer.stage = STAGE_OF_KIND.get(kinds.get(comp, ""), comp) if "stage_enter" in r else ""
+            tracer.stage = (r.get("stage") or STAGE_OF_KIND.get(kinds.get(comp, ""), comp)
+                            if "stage_enter" in r else "")
             tracer.event("stage_enter" if "stage_enter" in r else "stage_exit", r["t"],
                          component=comp)
             continue

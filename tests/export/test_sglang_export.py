@@ -76,3 +76,13 @@ def test_every_preset_exports_one_value_per_flag(preset, kinds):
     assert all(f.startswith("--") and len(f.split(" ")) == 2 for f in out.flags)
     assert "--pin-cpu-memory true" in out.flags or "--pin-cpu-memory false" in out.flags
     assert "--dit-layerwise-offload true" in out.flags or "--dit-layerwise-offload false" in out.flags
+
+
+def test_export_option_sets_are_deliberate():
+    from resbench.cli import cli
+
+    export = cli.commands["export"]
+    assert {"trace", "sglang", "diffusers"} <= set(export.commands)
+    assert {p.name for p in export.commands["sglang"].params} == {"plan_name", "model", "as_json"}
+    assert {p.name for p in export.commands["diffusers"].params} == {
+        "plan_name", "model", "device", "budget", "as_json"}

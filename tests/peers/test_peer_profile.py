@@ -72,3 +72,47 @@ def test_saved_runs_compare(tmp_path):
     assert table.loc["h2d_bytes", "a"] == table.loc["h2d_bytes", "b"] == 21_000_000
     # B lacks the orphan kernel that ended A's request 1 ms later
     assert table.loc["latency_s", "b"] < table.loc["latency_s", "a"]
+
+
+def test_a_cpu_profile_converts_with_each_annotated_component_as_compute():
+    from types import SimpleNamespace
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from resbench.peers.profile import annotate_components
+
+    class Vae(torch.nn.Module):
+        def decode(self, x):
+            return x * 2
+
+    pipe = SimpleNamespace(components={"text_encoder": torch.nn.Linear(8, 8),
+                                       "transformer": torch.nn.Linear(8, 8), "vae": Vae(),
+                                       "scheduler": object()})
+    annotations = annotate_components(pipe)
+    x = torch.ones(2, 8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        h = pipe.components["text_encoder"](x)
+        for _ in range(3):
+            h = pipe.components["transformer"](h)
+        pipe.components["vae"].decode(h)
+    annotations.remove()
+    assert "decode" not in pipe.components["vae"].__dict__  # the wrapper is gone
+    frame = profile_events(_chrome(prof),
+                           kinds={"text_encoder": "text_encoder", "transformer": "dit",
+                                  "vae": "vae"})
+    compute = frame[frame["kind"] == "compute"]
+    assert list(compute["component"]) == ["text_encoder", "transformer", "transformer",
+                                          "transformer", "vae"]
+    assert list(compute["stage"]) == ["text_encode", "denoise", "denoise", "denoise", "decode"]
+    assert (compute["end_s"] > compute["t_s"]).all()
+
+
+def _chrome(prof):
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/trace.json"
+        prof.export_chrome_trace(path)
+        return json.load(open(path))["traceEvents"]
