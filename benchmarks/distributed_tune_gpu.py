@@ -390,7 +390,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="kill once the victim's trial has run this long [1; tiny: 0]")
     ap.add_argument("--kill-within-s", type=float, default=None,
                     help="kill anyway if no such trial is found within this [15; tiny: 3]")
-    ap.add_argument("--deadline-s", type=float, default=440.0,
+    ap.add_argument("--deadline-s", type=float, default=420.0,
                     help="stop everything this long after the start, results written")
     ap.add_argument("--grace", type=float, default=30.0,
                     help="seconds a worker has to stop after SIGINT before SIGTERM")
