@@ -269,6 +269,8 @@ def phase_summary(kind: str, n: int, name: str, workers: list[Worker],
         by_sweep = any(f"trial {k} was left RUNNING" in texts for k in killed)
         states = {t.number: t.state.name for t in trials}
         kill = {"worker": victim.index, "trials": killed,
+                # killed while holding the journal's lock: the others waited out its grace
+                "journal_lock_forced": "Forcibly releasing the lock file" in texts,
                 "states_after": [states.get(k) for k in killed],
                 "ended_after_s": None if failed_at is None else failed_at - victim.killed_at,
                 "by": ("survivor's sweep (pid gone)" if by_sweep else
@@ -389,7 +391,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--kill-after-s", type=float, default=None,
                     help="kill once the victim's trial has run this long [1; tiny: 0]")
     ap.add_argument("--kill-within-s", type=float, default=None,
-                    help="kill anyway if no such trial is found within this [15; tiny: 3]")
+                    help="kill anyway if no such trial is found within this [15; tiny: 10]")
     ap.add_argument("--deadline-s", type=float, default=420.0,
                     help="stop everything this long after the start, results written")
     ap.add_argument("--grace", type=float, default=30.0,
@@ -407,7 +409,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.kill_after_s is None:
         args.kill_after_s = 0.0 if args.tiny else 1.0
     if args.kill_within_s is None:
-        args.kill_within_s = 3.0 if args.tiny else 15.0
+        args.kill_within_s = 10.0 if args.tiny else 15.0
     if args.tiny:
         args.host_budget = None
     return args

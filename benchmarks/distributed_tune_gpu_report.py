@@ -50,7 +50,9 @@ def kill_text(phase: dict[str, Any]) -> str:
     states = ", ".join(str(s) for s in kill["states_after"])
     after = kill.get("ended_after_s")
     when = "still RUNNING at the end" if after is None else f"{after:.0f} s after the kill"
-    return f"trial {trials}: {states}, {when}, by {kill['by']}; {exits}"
+    lock = ("; it died holding the journal's lock: the others waited out the lock's grace"
+            if kill.get("journal_lock_forced") else "")
+    return f"trial {trials}: {states}, {when}, by {kill['by']}; {exits}{lock}"
 
 
 
@@ -65,7 +67,8 @@ def row(summary: dict[str, Any], phase: dict[str, Any]) -> str:
     mem = phase["host_memory"]
     rss = " + ".join(_num(p.get("VmRSS", 0) / GiB, "{:.1f}") for p in mem["per_worker_peak_bytes"])
     startup = ", ".join(_num(s, "{:.0f}") for s in phase["startup_s"])
-    label = phase["storage"] + (" (interrupted)" if phase.get("interrupted") else "")
+    stopped = phase.get("interrupted")
+    label = phase["storage"] + (f" (stopped early: {stopped})" if stopped else "")
     return (f"| {phase['workers']} | {','.join(phase['gpus'])} | {label} "
             f"| {w['trials_per_min']:.1f} ({w['finished']}) | {_num(w['best_latency_s'])} "
             f"| {phase['duplicates']} | {phase['lost']} | {len(phase['check']['running'])} "
