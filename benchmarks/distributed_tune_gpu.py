@@ -18,6 +18,11 @@ For each `--storage` (a PostgreSQL server started here for the run from a carrie
    it ends (the killed worker's pid is gone from this host);
 2. **one GPU**: one worker on the first GPU, searching for `--window-s` seconds.
 
+Each worker starts without the shipped presets (`--presets` names an empty folder): with
+`--device cuda` a worker measures every preset on the GPU before its first trial (twice each,
+the slow pageable ones too), which would cost each phase tens of seconds of start-up;
+`--with-presets` restores them. The study still starts from the sweep's most frugal plan.
+
 Both phases are read back from the storage and checked against the workers' own logs (one
 line per finished trial, `resbench.tune.trial_log`): duplicates, lost trials, trials nobody
 logged, trials left RUNNING (`dt_checks.py`); trials per minute and the best feasible latency
@@ -152,6 +157,8 @@ def worker_command(args: argparse.Namespace, url: str, study: str, index: int, t
            "--n-trials", "100000", "--timeout", f"{timeout_s:g}",
            "--seed", str(args.seed + index * SEED_STRIDE), "--json", "--no-report",
            "--out", str(out / f"worker-{index}.tuned.toml")]
+    if not args.with_presets:  # a folder without plans: none measured at start-up
+        cmd += ["--presets", str(out / "no-presets")]
     if args.host_budget:
         cmd += ["--host-budget", args.host_budget]
     if args.hardware:
@@ -383,6 +390,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", default="16GB")
     ap.add_argument("--host-budget", default="100GiB")
     ap.add_argument("--hardware", default=None)
+    ap.add_argument("--with-presets", action="store_true",
+                    help="let each worker measure the shipped presets at start-up (with "
+                         "--device cuda: several GPU runs each, some slow) and queue them")
     ap.add_argument("--window-s", type=float, default=70.0)
     ap.add_argument("--heartbeat-wait-s", type=float, default=170.0,
                     help="RDB: how long the survivor searches after the kill, at most")
@@ -392,7 +402,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="kill once the victim's trial has run this long [1; tiny: 0]")
     ap.add_argument("--kill-within-s", type=float, default=None,
                     help="kill anyway if no such trial is found within this [15; tiny: 10]")
-    ap.add_argument("--deadline-s", type=float, default=420.0,
+    ap.add_argument("--deadline-s", type=float, default=410.0,
                     help="stop everything this long after the start, results written")
     ap.add_argument("--grace", type=float, default=30.0,
                     help="seconds a worker has to stop after SIGINT before SIGTERM")
