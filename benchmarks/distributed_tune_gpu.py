@@ -234,6 +234,10 @@ def run_phase(args: argparse.Namespace, kind: str, url: str, n: int, out: Path,
                               and t.user_attrs.get("worker") == victim.id]
                     log(f"{kind}: SIGKILL worker {victim.index} (pid {victim.proc.pid}) in "
                         f"trial(s) {killed}")
+                    if not killed and kind in RDB:  # between two trials: nothing to wait for
+                        for w in workers:
+                            w.interrupted = w.proc.poll() is None
+                        stop([w.proc for w in workers], args.grace)
             elif victim.killed_at is not None and failed_at is None and killed:
                 states = {t.number: t.state.name for t in trials}
                 if all(states.get(k) != "RUNNING" for k in killed):
@@ -293,8 +297,10 @@ def phase_summary(kind: str, n: int, name: str, workers: list[Worker],
         "storage": kind, "workers": n, "study": name, "interrupted": interrupted,
         "gpus": [w.gpu for w in workers],
         "gpu_uuids_seen": [sorted(w.gpu_seen) for w in workers],
-        "gpus_shared": len({u for w in workers for u in w.gpu_seen}) < sum(
-            len(w.gpu_seen) for w in workers) or any(len(w.gpu_seen) > 1 for w in workers),
+        # None: nvidia-smi did not show every worker's process (no GPUs, or not sampled)
+        "gpus_shared": None if any(not w.gpu_seen for w in workers) else (
+            len({u for w in workers for u in w.gpu_seen}) < sum(len(w.gpu_seen) for w in workers)
+            or any(len(w.gpu_seen) > 1 for w in workers)),
         "exit_codes": [w.proc.returncode for w in workers],
         "worker_ids": [w.id for w in workers],
         "startup_s": [None if (s := dt_checks.first_start(trials, w.id)) is None

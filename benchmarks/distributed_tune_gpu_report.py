@@ -69,7 +69,10 @@ def row(summary: dict[str, Any], phase: dict[str, Any]) -> str:
     startup = ", ".join(_num(s, "{:.0f}") for s in phase["startup_s"])
     stopped = phase.get("interrupted")
     label = phase["storage"] + (f" (stopped early: {stopped})" if stopped else "")
-    return (f"| {phase['workers']} | {','.join(phase['gpus'])} | {label} "
+    shared = phase.get("gpus_shared")
+    seen = ("" if shared is None else " (nvidia-smi: SHARED)" if shared else
+            " (nvidia-smi: one worker per GPU)" if len(phase["gpus"]) > 1 else "")
+    return (f"| {phase['workers']} | {','.join(phase['gpus'])}{seen} | {label} "
             f"| {w['trials_per_min']:.1f} ({w['finished']}) | {_num(w['best_latency_s'])} "
             f"| {phase['duplicates']} | {phase['lost']} | {len(phase['check']['running'])} "
             f"| {kill_text(phase)} | {startup} | {rss} "

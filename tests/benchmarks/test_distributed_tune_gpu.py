@@ -93,6 +93,7 @@ def test_report_rows_from_a_summary(tmp_path: Path, capsys) -> None:
     trials, logs = _run()
     check = dt_checks.reconcile(trials, logs, cut_workers=["h:2"])
     phase = {"storage": "postgresql", "workers": 2, "gpus": ["0", "1"], "interrupted": None,
+             "gpus_shared": False,
              "exit_codes": [130, -9], "startup_s": [40.0, 42.0],
              "window": dt_checks.window(trials, 10.0), "check": check, "duplicates": 0,
              "lost": 0, "kill": {"worker": 1, "trials": [3], "states_after": ["FAIL"],
@@ -110,7 +111,7 @@ def test_report_rows_from_a_summary(tmp_path: Path, capsys) -> None:
     (tmp_path / "summary-postgresql.json").write_text(json.dumps(summary))
     assert report_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert ("| 2 | 0,1 | postgresql | 18.0 (3) | 2.500 | 0 | 0 | 0 | trial 3: FAIL, 118 s after "
+    assert ("| 2 | 0,1 (nvidia-smi: one worker per GPU) | postgresql | 18.0 (3) | 2.500 | 0 | 0 | 0 | trial 3: FAIL, 118 s after "
             "the kill, by heartbeat; survivor exit 130 | 40, 42 | 40.0 + 2.0 | 3.0 -> 90.0 "
             "| NVIDIA H200 |") in out
     assert "9.0 -> 18.0 trials/min with 1 -> 2 workers (2.00x)" in out
