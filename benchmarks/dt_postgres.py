@@ -124,10 +124,15 @@ def _server_user() -> str | None:
         return None
     import pwd
 
-    for name in ("postgres", "nobody"):
+    for name in ("postgres", "nobody", "resbench-pg"):
         try:
             pwd.getpwnam(name)
             return name
         except KeyError:
             continue
-    raise SystemExit("running as root and no user `postgres` or `nobody` to run PostgreSQL as")
+    if shutil.which("useradd"):  # an image without either: make a system user for the run
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/false",
+                        "resbench-pg"], check=True)
+        return "resbench-pg"
+    raise SystemExit("running as root, no user `postgres` or `nobody` to run PostgreSQL as, "
+                     "and no useradd to make one")
