@@ -93,6 +93,11 @@ def resolve_engine(name: str | None, spec: ModelSpec) -> str:
         return default_engine(spec)
     if name not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    if name == "zoo":
+        from resbench.engines.specs import ENGINE_ONLY
+
+        if spec.name in ENGINE_ONLY:
+            raise InputError(f"the zoo has no modules for {spec.name}; use --engine diffusers")
     return name
 
 

@@ -13,6 +13,7 @@ weights, drawn per (seed, component, parameter name).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -117,9 +118,8 @@ def _valid_keys(model: EngineModel, section: str, shipped: Config) -> set[str]:
     if section == SCHEDULER:
         cls = getattr(diffusers, shipped["_class_name"])
         return keys | set(inspect.signature(cls.__init__).parameters) - {"self"}
-    library, class_name = model.component_class(section)
-    cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
-    if library == "diffusers":
+    cls = _component_class(model, section)
+    if issubclass(cls, diffusers.ModelMixin):
         return keys | set(inspect.signature(cls.__init__).parameters) - {"self"}
     return keys | set(cls.config_class().to_dict())
 
@@ -143,7 +143,7 @@ def pipeline_configs(model: EngineModel, *, scale: float = 1.0,
         for role in model.components:
             if role.text is not None:
                 configs[role.name] = _scale_component(model, role.name, configs[role.name], scale, widths)
-                kind = "pooled" if role.text.output == "pooler_output" else "sequence"
+                kind = "pooled" if role.text.pooled else "sequence"
                 widths[kind] = _text_width(configs[role.name])
         for role in model.components:
             if role.text is None:
@@ -207,9 +207,16 @@ def cast_like_from_pretrained(module: nn.Module, dtype: torch.dtype) -> nn.Modul
     return module
 
 
+def library_class(library: str, class_name: str) -> Any:
+    """A class as `model_index.json` names it: `diffusers`, `transformers`, or a diffusers
+    pipeline module (`ltx2` → `diffusers.pipelines.ltx2`), as diffusers' loader reads it."""
+    if library in ("diffusers", "transformers"):
+        return getattr(diffusers if library == "diffusers" else transformers, class_name)
+    return getattr(importlib.import_module(f"diffusers.pipelines.{library}"), class_name)
+
+
 def _component_class(model: EngineModel, component: str) -> type[nn.Module]:
-    library, class_name = model.component_class(component)
-    return getattr(diffusers if library == "diffusers" else transformers, class_name)
+    return library_class(*model.component_class(component))
 
 
 def _construct(cls: Any, config: Config) -> nn.Module:
@@ -268,7 +275,7 @@ def assemble(model: EngineModel, components: Mapping[str, nn.Module],
     """The diffusers pipeline object around already built `components` (no copies): a fresh
     scheduler, no tokenizers, the pipeline's own config (`configs`: the shipped ones)."""
     configs = configs if configs is not None else pipeline_configs(model)
-    parts: dict[str, Any] = dict(components)
+    parts: dict[str, Any] = {k: v for k, v in components.items() if model.in_pipeline(k)}
     scheduler_cfg = configs[SCHEDULER]
     parts[SCHEDULER] = getattr(diffusers, scheduler_cfg["_class_name"]).from_config(scheduler_cfg)
     for key, entry in model.model_index().items():
@@ -278,6 +285,11 @@ def assemble(model: EngineModel, components: Mapping[str, nn.Module],
     pipe_cls = getattr(diffusers, model.pipeline_class())
     pipe = pipe_cls(**parts, **configs[PIPELINE])
     pipe.set_progress_bar_config(disable=True)
+    for name, module in components.items():
+        # Components outside the pipeline's own (LTX-2's latent upsampler) ride along as plain
+        # attributes: not in its config, so `pipe.components` stays the class's own.
+        if not model.in_pipeline(name):
+            setattr(pipe, name, module)
     return pipe
 
 

@@ -1,7 +1,8 @@
 """Tables describing the diffusers engine's models (built on meta: nothing allocated).
 
 Same columns as the zoo's `resbench.models.catalog` tables, so the two can be compared row
-for row; published counts are the zoo spec's (`ComponentSpec.published_params`).
+for row; published counts are the catalog's (`ComponentRole.published`), else the zoo
+spec's (`ComponentSpec.published_params`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def components_frame(name: str) -> pd.DataFrame:
     model = get_engine_model(name)
     pipe = build_pipeline(name)
     zoo = get_model(name)
-    units = residency_units(pipe)
+    units = residency_units({r.name: getattr(pipe, r.name) for r in model.components})
     rows = []
     for role in model.components:
         comp_units = units[role.name]
@@ -28,7 +29,9 @@ def components_frame(name: str) -> pd.DataFrame:
         rows.append({
             "model": name, "component": role.name, "class": model.component_class(role.name)[1],
             "kind": role.kind, "dtype": str(role.dtype).removeprefix("torch."),
-            "params": params, "published_params": zoo.component(role.name).published_params,
+            "params": params,
+            "published_params": (role.published.params if role.published is not None
+                                 else zoo.component(role.name).published_params),
             "blocks": len(blocks),
             "block_mb": round(max((u.weight_bytes for u in blocks), default=0) / 1e6, 1),
             "rest_mb": round(comp_units[-1].weight_bytes / 1e6, 1),
