@@ -324,14 +324,18 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _built_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The buffers `module`'s class computes at construction, from a twin built on CPU with
-    its parameters on meta (meta construction leaves buffers without values)."""
+def _built_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor],
+                                               dict[tuple[str, str], torch.Tensor]]:
+    """The buffers `module`'s class computes at construction, and the plain tensor attributes
+    of its submodules (Qwen-Image's RoPE tables), from a twin built on CPU with its
+    parameters on meta (meta construction leaves them without values)."""
     cls: Any = type(module)
     config = module.config
     with _parameters_on_meta():
         twin = cls.from_config(config) if isinstance(module, diffusers.ModelMixin) else cls(config)
-    return dict(twin.named_buffers())
+    plain = {(name, attr): value for name, mod in twin.named_modules()
+             for attr, value in vars(mod).items() if isinstance(value, torch.Tensor)}
+    return dict(twin.named_buffers()), plain
 
 
 @torch.no_grad()
@@ -349,7 +353,7 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
     seconds on a GPU, minutes on a CPU); the values are then the same for every run on the
     same kind of card, not equal to a CPU draw.
     """
-    buffers = _built_buffers(component)
+    buffers, plain = _built_tensors(component)
     owners = {f"{prefix}.{n}" if prefix else n: mod for prefix, mod in component.named_modules()
               for n, _ in mod.named_parameters(recurse=False)}
     component.to_empty(device=torch.device(device))
@@ -365,4 +369,6 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
         p.copy_(values.to(p.dtype))
     for qualname, b in component.named_buffers():
         b.copy_(buffers[qualname])
+    for (name, attr), value in plain.items():
+        setattr(component.get_submodule(name), attr, value.to(device))
     return component

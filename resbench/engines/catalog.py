@@ -29,6 +29,7 @@ from resbench.engines.roles import (
     all_hidden_states_packed,
     last_hidden_state,
     load_config,
+    mistral_layers_10_20_30,
     pooler_output,
 )
 from resbench.errors import InputError
@@ -106,6 +107,47 @@ _LTX2 = EngineModel(
            "Stage 2 decodes with VAE tiling on, as the docs do (`vae.enable_tiling()`)."))
 
 
+_FLUX2 = EngineModel(
+    name="flux.2-dev", is_video=False, true_cfg=None,
+    description="diffusers Flux2Pipeline: FLUX.2-dev, 32B MMDiT (8 double + 48 single blocks), "
+                "Mistral-Small-3.x 24B text encoder (hidden states 10, 20, 30)",
+    components=(
+        ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
+                      text=TextInput(length=512, read=mistral_layers_10_20_30, hidden_states=True,
+                                     argument="prompt_embeds",
+                                     negative_argument="negative_prompt_embeds",
+                                     length_argument="max_sequence_length"),
+                      published=Published(params=24_000_000_000,
+                                          source="Mistral-Small-3.1/3.2-24B model cards: 24B")),
+        ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16,
+                      published=Published(params=32_000_000_000,
+                                          source="black-forest-labs/FLUX.2-dev card: 32B")),
+        ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
+    ),
+    notes=("Guidance is distilled (guidance_scale 4.0 is an input of the transformer): one "
+           "pass per step.",
+           "The text encoder's LM head is tied to its embeddings as transformers 5.24 reads the "
+           "published config (23.34B parameters; 24.01B with a separate head).",))
+
+_QWEN_IMAGE = EngineModel(
+    name="qwen-image", is_video=False, true_cfg="true_cfg_scale",
+    description="diffusers QwenImagePipeline: Qwen-Image, 20B MMDiT, Qwen2.5-VL-7B text encoder",
+    components=(
+        ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
+                      # The prompt template's 34 tokens are encoded, then dropped. No mask:
+                      # the pipeline drops an all-ones `prompt_embeds_mask` itself.
+                      text=TextInput(length=512, template_tokens=34, read=last_hidden_state,
+                                     hidden_states=True, argument="prompt_embeds",
+                                     negative_argument="negative_prompt_embeds")),
+        ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16),
+        ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
+    ),
+    notes=("True CFG (true_cfg_scale 4.0 with a negative prompt): cond and uncond as two "
+           "transformer calls per step.",
+           "Text: 512 prompt tokens (the zoo's worst case: the pipeline pads to the longest "
+           "prompt) plus the 34-token template."))
+
+
 ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
     _wan("wan2.2-t2v-a14b", "diffusers WanPipeline: Wan2.2 T2V, two 14B experts switched at "
          "boundary_ratio 0.875", ("transformer", "transformer_2"),
@@ -132,6 +174,8 @@ ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
         notes=("Guidance is distilled (guidance_scale is an input of the transformer): one "
                "pass per step; true CFG (true_cfg_scale) is not modelled.",)),
     _LTX2,
+    _FLUX2,
+    _QWEN_IMAGE,
 )}
 
 

@@ -74,6 +74,9 @@ class PipelineHookBridge:
                     self._bracket_method(module, method, role.name, stage)
         if self.meta:
             self.pin_timesteps_to_cpu(pipe.scheduler)
+            for cls in type(pipe).__mro__:
+                if cls.__name__ in META_ADJUSTMENTS:
+                    META_ADJUSTMENTS[cls.__name__](self, pipe)
 
     # -- callbacks -----------------------------------------------------------------------------
     def _enter(self, component: str, stage: str) -> None:
@@ -172,6 +175,33 @@ class PipelineHookBridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flux2_grid_unpack(bridge: PipelineHookBridge, pipe: Any) -> None:
+    """FLUX.2 scatters its output tokens into place by their position ids (`torch.max` of the
+    ids sizes the grid), which meta ids cannot do. The ids are the full row-major grid that
+    `_prepare_latent_ids` makes from the latents' shape, so the scatter is a reshape: on meta
+    the grid is taken from that shape instead."""
+    grid: dict[str, int] = {}
+    prepare, unpack = pipe._prepare_latent_ids, pipe._unpack_latents_with_ids
+
+    def prepare_ids(latents: torch.Tensor) -> torch.Tensor:
+        grid["h"], grid["w"] = latents.shape[-2:]
+        return prepare(latents)
+
+    def unpack_grid(x: torch.Tensor, x_ids: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], grid["h"], grid["w"], x.shape[-1]).permute(0, 3, 1, 2)
+
+    for name, original, new in (("_prepare_latent_ids", prepare, prepare_ids),
+                                ("_unpack_latents_with_ids", unpack, unpack_grid)):
+        bridge.on_close(functools.partial(restore_attribute, pipe, name, pipe.__dict__.get(name)))
+        setattr(pipe, name, functools.wraps(original)(new))
+
+
+#: Per pipeline class, what else a meta run needs (installed on meta only, undone at close).
+META_ADJUSTMENTS: dict[str, Callable[[PipelineHookBridge, Any], None]] = {
+    "Flux2Pipeline": _flux2_grid_unpack,
+}
 
 
 def restore_attribute(obj: object, name: str, previous: object | None) -> None:

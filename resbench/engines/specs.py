@@ -74,6 +74,17 @@ SPECS: tuple[ModelSpec, ...] = (
         size_multiple=32, frame_step=8,
         notes=("Defaults are diffusers' LTX2Pipeline's and its docs' two-stage example; "
                "stage 2 doubles the size (x2 latent upsampler) and runs 3 steps.",)),
+    engine_spec(
+        get_engine_model("flux.2-dev"), family="flux2", aliases=("flux2", "flux.2"),
+        # Flux2Pipeline: VAE x8 (AutoencoderKLFlux2, 32 latent channels), 2x2 packing.
+        latent=LatentGeometry(z_channels=32, vae_stride_t=1, vae_stride_s=8, patch_t=1,
+                              patch_s=2),
+        # Flux2Pipeline.__call__ defaults: 1024x1024 (default_sample_size 128 x 8), 50
+        # steps, guidance_scale 4.0 (distilled: no CFG).
+        defaults=SamplingDefaults(height=1024, width=1024, frames=1, steps=50, guidance=4.0,
+                                  shift=1.0, cfg=False),
+        # check_inputs: height and width divisible by vae_scale_factor x 2.
+        size_multiple=16),
 )
 
 ENGINE_ONLY = frozenset(spec.name for spec in SPECS)

@@ -10,6 +10,7 @@ that holds them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,16 @@ BLOCK_PATHS: dict[str, tuple[str, ...]] = {
     "AutoencoderKLLTX2Audio": (),  # 53M parameters in all: one unit
     "LTX2Vocoder": ("resnets",),
     "LTX2LatentUpsamplerModel": ("res_blocks", "post_upsample_res_blocks"),
+    # FLUX.2-dev
+    "Flux2Transformer2DModel": ("transformer_blocks", "single_transformer_blocks"),
+    "Mistral3ForConditionalGeneration": ("model.language_model.layers",),  # vision: rest
+    "AutoencoderKLFlux2": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
+                           "decoder.up_blocks"),
+    # Qwen-Image
+    "QwenImageTransformer2DModel": ("transformer_blocks",),
+    "Qwen2_5_VLForConditionalGeneration": ("model.language_model.layers",),  # vision: rest
+    "AutoencoderKLQwenImage": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
+                               "decoder.up_blocks"),
 }
 
 
@@ -49,6 +60,7 @@ BLOCK_PATHS: dict[str, tuple[str, ...]] = {
 PIPELINE_READ: dict[str, tuple[str, ...]] = {
     "AutoencoderKLLTX2Video": ("latents_mean", "latents_std"),
     "AutoencoderKLLTX2Audio": ("latents_mean", "latents_std"),
+    "AutoencoderKLFlux2": ("bn.running_mean", "bn.running_var"),  # FLUX.2 un-normalizes
 }
 
 
@@ -96,7 +108,8 @@ def blocks(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def component_units(component: str, module: nn.Module) -> list[Unit]:
     """The residency units of one component, blocks in order then `rest` (works on meta).
     Tensors in `PIPELINE_READ` are in none."""
-    seen: set[int] = {id(getattr(module, attr)) for cls in type(module).__mro__
+    seen: set[int] = {id(functools.reduce(getattr, attr.split("."), module))
+                      for cls in type(module).__mro__
                       for attr in PIPELINE_READ.get(cls.__name__, ())}
 
     def collect(mods: list[nn.Module]) -> tuple[list[nn.Module], list[TensorSlot], int, int]:

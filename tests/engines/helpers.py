@@ -80,3 +80,36 @@ LTX2_TINY = {
                 "resnet_dilations": [[1, 3, 5]], "output_sampling_rate": 16000},
     "latent_upsampler": {"in_channels": 4, "mid_channels": 32, "num_blocks_per_stage": 1},
 }
+
+# FLUX.2-dev, from diffusers' tests/pipelines/flux2 (vocabulary cut; 30 Mistral layers, the
+# fewest that have hidden states 10, 20 and 30, so the joint width is 3 x 16).
+FLUX2_TINY = {
+    "text_encoder": {"text_config": {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 37,
+                                     "num_attention_heads": 4, "num_hidden_layers": 30,
+                                     "num_key_value_heads": 2, "head_dim": 4},
+                     "vision_config": {"hidden_size": 16, "num_hidden_layers": 1,
+                                       "num_attention_heads": 4, "intermediate_size": 37,
+                                       "image_size": 30, "patch_size": 6, "head_dim": 4}},
+    "transformer": {"in_channels": 4, "num_layers": 1, "num_single_layers": 1,
+                    "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 48,
+                    "axes_dims_rope": [4, 4, 4, 4]},
+    "vae": {"sample_size": 32, "down_block_types": ["DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D"], "block_out_channels": [4],
+            "layers_per_block": 1, "latent_channels": 1, "norm_num_groups": 1,
+            "use_quant_conv": False, "use_post_quant_conv": False},
+}
+
+# Qwen-Image, from diffusers' tests/pipelines/qwenimage (vocabulary cut).
+QWEN_IMAGE_TINY = {
+    "text_encoder": {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 64,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "type": "mrope"},
+                     "vision_config": {"depth": 2, "hidden_size": 16, "intermediate_size": 16,
+                                       "num_heads": 2, "out_hidden_size": 16}},
+    "transformer": {"in_channels": 16, "out_channels": 4, "num_layers": 2,
+                    "attention_head_dim": 16, "num_attention_heads": 3, "joint_attention_dim": 16,
+                    "axes_dims_rope": [8, 4, 4]},
+    "vae": {"base_dim": 24, "z_dim": 4, "dim_mult": [1, 2, 4], "num_res_blocks": 1,
+            "temperal_downsample": [False, True], "latents_mean": [0.0] * 4,
+            "latents_std": [1.0] * 4},
+}
