@@ -5,7 +5,8 @@ kinds and published counts (`resbench models`, `Request.for_model`, plan checks)
 model only the diffusers engine implements, the spec is made here from its `EngineModel`:
 each component builds as the diffusers engine builds it (on meta, from the shipped config),
 published counts are the catalog's, and the request defaults are the diffusers pipeline's
-`__call__` defaults (cited per model). `ENGINE_ONLY` names them: the zoo engine refuses them.
+`__call__` defaults (cited per model). They are registered outside the zoo
+(`registry.in_zoo` is False): the zoo engine refuses them.
 
 Registered by `resbench.models.registry` with the zoo's families; importing this module
 does not import diffusers (components import it when built).
@@ -86,9 +87,6 @@ SPECS: tuple[ModelSpec, ...] = (
         # check_inputs: height and width divisible by vae_scale_factor x 2.
         size_multiple=16),
 )
-
-ENGINE_ONLY = frozenset(spec.name for spec in SPECS)
-"""Models only the diffusers engine implements."""
 
 for _spec in SPECS:
     register(_spec, zoo=False)

@@ -26,18 +26,29 @@ def components_frame(name: str) -> pd.DataFrame:
         comp_units = units[role.name]
         blocks = [u for u in comp_units if u.block_index >= 0]
         params = sum(u.params for u in comp_units)
+        published = (role.published.params if role.published is not None
+                     else zoo.component(role.name).published_params)
         rows.append({
             "model": name, "component": role.name, "class": model.component_class(role.name)[1],
             "kind": role.kind, "dtype": str(role.dtype).removeprefix("torch."),
-            "params": params,
-            "published_params": (role.published.params if role.published is not None
-                                 else zoo.component(role.name).published_params),
+            "params": params, "published_params": published,
+            "params_err_pct": round(100 * (params - published) / published, 3) if published else None,
             "blocks": len(blocks),
             "block_mb": round(max((u.weight_bytes for u in blocks), default=0) / 1e6, 1),
             "rest_mb": round(comp_units[-1].weight_bytes / 1e6, 1),
             "weights_gb": round(sum(u.weight_bytes for u in comp_units) / 1e9, 3),
         })
     return pd.DataFrame(rows)
+
+
+def units_frame(name: str) -> pd.DataFrame:
+    """Every residency unit of every component with its parameters and bytes."""
+    model = get_engine_model(name)
+    pipe = build_pipeline(name)
+    units = residency_units({r.name: getattr(pipe, r.name) for r in model.components})
+    return pd.DataFrame([{"component": u.component, "unit": u.name, "params": u.params,
+                          "weight_bytes": u.weight_bytes}
+                         for r in model.components for u in units[r.name]])
 
 
 def models_frame() -> pd.DataFrame:

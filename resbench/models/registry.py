@@ -56,6 +56,12 @@ def all_models() -> list[ModelSpec]:
     return [m for m in _MODELS.values() if m.name not in _ENGINE_ONLY]
 
 
+def in_zoo(name: str) -> bool:
+    """Whether model `name` (a registered name) runs on the zoo's own modules."""
+    _load()
+    return name not in _ENGINE_ONLY
+
+
 def listed_models() -> list[ModelSpec]:
     """Every model `get_model` finds: the zoo's, then those only the diffusers engine runs."""
     _load()

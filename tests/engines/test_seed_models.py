@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from resbench.devices.cpu import CpuDevice
+from resbench.engines.base import default_engine, make_engine
 from resbench.engines.build import build_component, build_pipeline, pipeline_configs
 from resbench.engines.catalog import get_engine_model
 from resbench.engines.diffusers_engine import DiffusersEngine
 from resbench.engines.pipeline import DiffusersPipeline
+from resbench.errors import InputError
 from resbench.execution import Execution
-from resbench.models import get_model
+from resbench.models import all_models, get_model
+from resbench.models.registry import listed_models
 from resbench.pipeline import Request, unit_slots_of
 from resbench.residency import LayerwiseConfig, OffloadConfig, Plan
 from resbench.schedule import Schedule
@@ -157,3 +160,16 @@ def test_managed_output_is_bitwise_equal(model: str):
     # LTX-2's stage 2 swaps in its own scheduler and VAE tiling: both are put back.
     assert pipe.pipe.scheduler is scheduler
     assert getattr(pipe.pipe.vae, "use_tiling", False) is False
+
+
+def test_engine_only_models_are_listed_but_not_in_the_zoo():
+    listed = {m.name for m in listed_models()}
+    zoo = {m.name for m in all_models()}
+    assert {LTX2, FLUX2} <= listed - zoo and QWEN in zoo
+    spec = get_model("flux2")
+    assert spec.name == FLUX2 and default_engine(spec) == "diffusers"
+    assert (spec.defaults.height, spec.defaults.steps, spec.defaults.cfg) == (1024, 50, False)
+    with pytest.raises(InputError, match="zoo has no modules for ltx-2"):
+        make_engine("zoo", get_model(LTX2))
+    with pytest.raises(InputError, match="frames must be 8"):
+        Request.for_model(get_model(LTX2), frames=120)
