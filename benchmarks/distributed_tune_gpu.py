@@ -163,6 +163,8 @@ def worker_command(args: argparse.Namespace, url: str, study: str, index: int, t
         cmd += ["--host-budget", args.host_budget]
     if args.hardware:
         cmd += ["--hardware", args.hardware]
+    if args.engine:
+        cmd += ["--engine", args.engine]
     return [*cmd, *args.request]
 
 
@@ -393,6 +395,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--storage", action="append", choices=("postgresql", "journal", "sqlite"))
     ap.add_argument("--gpus", default="0,1", help="one worker per GPU id [0,1]")
     ap.add_argument("--model", default="flux.1-dev")
+    ap.add_argument("--engine", choices=("diffusers", "zoo"), default=None,
+                    help="the workers' --engine (default: resbench's for the model)")
     ap.add_argument("--budget", default="16GB")
     ap.add_argument("--host-budget", default="100GiB")
     ap.add_argument("--hardware", default=None)
