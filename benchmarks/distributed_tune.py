@@ -27,8 +27,10 @@ With `--seed S`, worker I gets the seed S + I * 100000 (the tuner adds the numbe
 already in the study): with one seed, every worker's sampler would propose the same plans.
 
 Checks, from the storage: trial numbers and trial ids are unique; the finished trials this
-run added equal the sum of the workers' own counts (`trials_run` in their JSON; the tuner
-records no worker id on trials), so none were lost or counted twice; and how many complete
+run's workers added equal the sum of their own counts (`trials_run` in their JSON), so none
+were lost or counted twice; a trial's worker is its user attribute `worker` (`host:pid`,
+`resbench.tune.liveness`), so other hosts' workers adding trials to the same study at the
+same time do not count against this host's; and how many complete
 trials repeat a parameter set already tried (not a storage fault: the sampler may propose a
 plan twice, and two workers starting together may both queue the same preset).
 """
@@ -42,11 +44,12 @@ import os
 import platform
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -55,6 +58,7 @@ from typing import Any
 
 import optuna
 
+from resbench.tune.liveness import WORKER_ATTR
 from resbench.tune.study import open_storage
 
 SEED_STRIDE = 100_000
@@ -73,6 +77,9 @@ class StudyCheck:
     """Left RUNNING: a worker was killed mid-trial (SIGKILL), nothing marked it FAIL."""
     added: int
     """Finished trials (complete, fail, pruned) beyond those in the study before the run."""
+    added_by_workers: int | None = None
+    """Of those, the trials whose `worker` attribute is one of this run's workers (None:
+    not known, as in summaries written before workers were recorded)."""
     duplicate_numbers: int
     """Trials sharing a trial number with another (0 unless the storage is broken)."""
     duplicate_ids: int
@@ -113,7 +120,9 @@ class RunSummary:
         a worker reported nothing."""
         if any(n is None for n in self.trials_per_worker):
             return None
-        return sum(n or 0 for n in self.trials_per_worker) - self.study.added
+        ours = self.study.added if self.study.added_by_workers is None else \
+            self.study.added_by_workers
+        return sum(n or 0 for n in self.trials_per_worker) - ours
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": 1, **asdict(self), "lost": self.lost}
@@ -204,9 +213,11 @@ def study_names(url: str) -> dict[str, int]:
     return {s.study_name: s.n_trials for s in summaries}
 
 
-def check_study(study: optuna.Study, trials_before: int = 0) -> StudyCheck:
+def check_study(study: optuna.Study, trials_before: int = 0,
+                workers: Collection[str] | None = None) -> StudyCheck:
     """Count, check and time the trials of `study`; `trials_before`: how many it had before
-    this run (trial numbers below it are not this run's)."""
+    this run (trial numbers below it are not this run's); `workers`: this run's workers
+    (`host:pid`), to count the trials they added apart from other hosts'."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
     numbers = Counter(t.number for t in trials)
@@ -227,6 +238,8 @@ def check_study(study: optuna.Study, trials_before: int = 0) -> StudyCheck:
         study_name=study.study_name, complete=states[TrialState.COMPLETE],
         fail=states[TrialState.FAIL], pruned=states[TrialState.PRUNED],
         running=states[TrialState.RUNNING], added=len(new),
+        added_by_workers=None if workers is None else sum(
+            t.user_attrs.get(WORKER_ATTR) in workers for t in new),
         duplicate_numbers=sum(n for n in numbers.values() if n > 1),
         duplicate_ids=sum(n for n in ids.values() if n > 1), repeated_params=repeated,
         feasible=len(feasible),
@@ -299,7 +312,8 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> RunSummary:
     summary = RunSummary(
         workers=args.workers, storage=public_url(args.storage),
         storage_kind=storage_kind(args.storage), device=args.device,
-        study=check_study(study, before.get(name, 0)),
+        study=check_study(study, before.get(name, 0),
+                          workers={f"{socket.gethostname()}:{p.pid}" for p in procs}),
         trials_per_worker=tuple(None if r is None else int(r["trials_run"]) for r in results),
         exit_codes=tuple(int(p.returncode) for p in procs), interrupted=interrupted,
         wall_s=wall_s, cpu_s=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),

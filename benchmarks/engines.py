@@ -35,48 +35,39 @@ pinned H2D rate). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import gc
-import io
-import json
 import os
 import signal
-import statistics
 import sys
-import tarfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from resbench.errors import DoesNotFitError
-from resbench.peers import PEERS, LinkRates, PeerMode, RequestBytes, remove_hooks, to_pageable_cpu
-from resbench.peers.diffusers_modes import SequentialOffload
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-T0 = time.perf_counter()
-"""Process start (near enough): the time limit counts from here, imports included."""
+from benchmarks.engines_measure import (  # noqa: E402
+    GB,
+    Bench,
+    TimeLimit,
+    environment,
+    free_everything,
+    host_ram_bytes,
+    one_line,
+)
+from resbench.peers import PEERS, LinkRates, PeerMode, RequestBytes  # noqa: E402
+from resbench.peers.diffusers_modes import SequentialOffload  # noqa: E402
 
 PLANS = Path(__file__).parent / "results" / "engines_plans"
 PRESETS = ("sglang-wan2.2", "kijai-block-swap", "diffusers-group-offload",
            "diffusers-model-offload", "diffusers-sequential-offload", "all-resident")
-SLOW_RUN_S = 12.0
-"""A mode predicted slower than this per call runs once, without warm-up."""
-SKIP_RUN_S = 60.0
-"""A mode predicted slower than this per call is skipped."""
-GB = 10**9
 H200 = LinkRates(h2d_pinned_bytes_per_s=55.1e9, h2d_pageable_bytes_per_s=5.3e9,
                  d2h_pinned_bytes_per_s=55.0e9, d2h_pageable_bytes_per_s=13.9e9,
                  pin_s_per_byte=4.2e-10)
 """benchmarks/results/h200-calibrated.toml: for predictions only."""
-
-
-class TimeLimit(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,253 +239,18 @@ class PlanRow:
             self.handle.remove()
             self.handle = None
 
-    def pinned_bytes(self) -> int:
+    def _device(self) -> Any:
         session = getattr(self.handle, "session", None)
-        device = getattr(getattr(session, "placement", None), "device", None)
+        return getattr(getattr(session, "placement", None), "device", None)
+
+    def pinned_bytes(self) -> int:
+        device = self._device()
         return int(device.pinned_bytes()) if hasattr(device, "pinned_bytes") else 0
 
-
-# ---------------------------------------------------------------------------------------------
-# Measuring
-
-
-def host_stats() -> dict[str, int]:
-    if not torch.cuda.is_available():
-        return {}
-    return {k: int(v) for k, v in torch.cuda.host_memory_stats().items()}
-
-
-def host_pinned_peak() -> int:
-    stats = host_stats()
-    for key in ("reserved_bytes.peak", "segment_bytes.peak", "allocated_bytes.peak"):
-        if key in stats:
-            return stats[key]
-    return max([v for k, v in stats.items() if k.endswith("bytes.peak")] or [0])
-
-
-def reset_host_peaks() -> None:
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        with contextlib.suppress(Exception):
-            torch.cuda.reset_peak_host_memory_stats()
-
-
-def rss_hwm_bytes() -> int:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def free_everything() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        empty_host = getattr(torch._C, "_host_emptyCache", None) or getattr(
-            torch._C, "_accelerator_emptyHostCache", None)
-        if empty_host is not None:
-            empty_host()
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError | DoesNotFitError | MemoryError) or (
-        "out of memory" in str(exc).lower())
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def budget(device: torch.device, budget_bytes: int | None) -> Any:
-    if device.type != "cuda":
-        yield
-        return
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (budget_bytes or total) / total), device)
-    try:
-        yield
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-
-
-def annotate_components(pipe: Any) -> list[Any]:
-    """record_function ranges named `resbench::<component>` around each component's forward,
-    so a profile's kernels can be assigned to components."""
-    handles = []
-    for name, module in pipe.components.items():
-        if not isinstance(module, nn.Module):
-            continue
-        state: dict[str, Any] = {}
-
-        def pre(mod: nn.Module, args: Any, _n: str = name, _s: dict = state) -> None:
-            _s.setdefault("stack", []).append(torch.profiler.record_function(f"resbench::{_n}"))
-            _s["stack"][-1].__enter__()
-
-        def post(mod: nn.Module, args: Any, out: Any, _s: dict = state) -> None:
-            _s["stack"].pop().__exit__(None, None, None)
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    return handles
-
-
-@dataclass
-class Bench:
-    out: Path
-    device: torch.device
-    limit_s: float
-    tiny: bool
-    start: float = T0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    profiles: dict[str, bytes] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-
-    def left_s(self, deadline_s: float | None = None) -> float:
-        end = self.limit_s if deadline_s is None else min(self.limit_s, deadline_s)
-        return end - (time.perf_counter() - self.start)
-
-    def add(self, row: dict[str, Any]) -> None:
-        row = {"elapsed_s": round(time.perf_counter() - self.start, 1), **row}
-        self.rows.append(row)
-        lat = row.get("latency_s")
-        print(f"-- {row['cell']} {row['budget_gb']} GB {row['row']}: {row['status']}"
-              + (f" {lat:.3f} s" if isinstance(lat, float) else "")
-              + (f" ({row.get('reason')})" if row.get("reason") else ""), flush=True)
-        self.write()
-
-    def write(self) -> None:
-        doc = {"schema": 1, "environment": self.env, "rows": self.rows}
-        tmp = self.out / "cells.json.partial"
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-        tmp.replace(self.out / "cells.json")
-        keys: list[str] = []
-        for r in self.rows:
-            keys += [k for k in r if k not in keys and not isinstance(r[k], list | dict)]
-        with (self.out / "cells.csv.partial").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-        (self.out / "cells.csv.partial").replace(self.out / "cells.csv")
-        if self.profiles:
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-                for name, data in self.profiles.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-            (self.out / "profiles.tar.gz").write_bytes(buf.getvalue())
-
-    def run_row(self, pipe: Any, cell: Cell, budget_bytes: int | None, name: str, kind: str,
-                mode: Any, predicted_call_s: float, predicted_setup_s: float,
-                deadline_s: float | None = None, profile: bool = False,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Apply `mode`, warm up, time, remove; one row (also on no-fit or error)."""
-        base = {"cell": cell.key, "model": cell.model,
-                "budget_gb": round(budget_bytes / GB, 1) if budget_bytes else "card",
-                "budget_bytes": budget_bytes, "row": name, "kind": kind,
-                "predicted_call_s": round(predicted_call_s, 2), **(extra or {})}
-        slow = predicted_call_s > SLOW_RUN_S
-        warm, runs = (0, 1) if slow else (1, 3)
-        need = predicted_setup_s + (warm + runs) * predicted_call_s
-        if predicted_call_s > SKIP_RUN_S:
-            return {**base, "status": "skipped", "reason": f"predicted {predicted_call_s:.0f} s "
-                    f"a call > {SKIP_RUN_S:.0f} s"}
-        if need > self.left_s(deadline_s):
-            return {**base, "status": "skipped", "reason": f"time: needs ~{need:.0f} s, "
-                    f"{self.left_s(deadline_s):.0f} s left"}
-        free_everything()
-        reset_host_peaks()
-        samples: list[float] = []
-        row: dict[str, Any] = dict(base)
-        applied = False
-        # a row that runs far past its cell's deadline is cut, so the next cell keeps its time
-        signal.alarm(max(1, int(min(self.left_s(), self.left_s(deadline_s) + 30))))
-        try:
-            with budget(self.device, budget_bytes):
-                t0 = time.perf_counter()
-                mode.apply(pipe, self.device, budget_bytes)
-                applied = True
-                sync(self.device)
-                row["setup_s"] = time.perf_counter() - t0
-                for i in range(warm + runs):
-                    t0 = time.perf_counter()
-                    pipe(**cell.call, output_type="pt",
-                         generator=torch.Generator().manual_seed(0), return_dict=False)
-                    sync(self.device)
-                    dt = time.perf_counter() - t0
-                    if i < warm:
-                        row["first_call_s"] = dt
-                    else:
-                        samples.append(dt)
-                row.update(status="ok", fit=True, latency_s=statistics.median(samples),
-                           samples_s=samples, runs=len(samples), warm=warm > 0)
-                if profile and self.left_s(deadline_s) > 3 * predicted_call_s + 30:
-                    try:
-                        self.profile(pipe, cell, f"{cell.key}_{row['budget_gb']}GB_{name}.json")
-                    except TimeLimit:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - the timing stands without it
-                        row["profile_error"] = one_line(exc)
-        except TimeLimit:
-            row.update(status="cut", fit=None, reason="time limit reached during the row")
-        except Exception as exc:  # noqa: BLE001 - every failure is a row
-            if is_oom(exc):
-                row.update(status="no-fit", fit=False, reason=one_line(exc))
-            else:
-                row.update(status="error", fit=None, reason=one_line(exc))
-                traceback.print_exc()
-        finally:
-            signal.alarm(0)
-            row.update(self.memory_fields(mode))
-            if applied or row.get("status") != "ok":
-                try:
-                    mode.remove(pipe)
-                except Exception as exc:  # noqa: BLE001
-                    row["remove_error"] = one_line(exc)
-                    remove_hooks(pipe)
-                    to_pageable_cpu(pipe)
-            free_everything()
-        return row
-
-    def memory_fields(self, mode: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"rss_peak_bytes": rss_hwm_bytes()}
-        registered = mode.pinned_bytes() if hasattr(mode, "pinned_bytes") else 0
-        out["pinned_bytes"] = host_pinned_peak() + registered
-        if self.device.type == "cuda":
-            out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
-            out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
-        return out
-
-    def profile(self, pipe: Any, cell: Cell, name: str) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                         if self.device.type == "cuda" else [])
-        handles = annotate_components(pipe)
-        try:
-            with profile(activities=acts, profile_memory=True) as prof:
-                pipe(**cell.call, output_type="pt", generator=torch.Generator().manual_seed(0),
-                     return_dict=False)
-                sync(self.device)
-            path = self.out / "profile.tmp.json"
-            prof.export_chrome_trace(str(path))
-            import gzip
-
-            self.profiles[name + ".gz"] = gzip.compress(path.read_bytes(), 6)
-            path.unlink()
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+    def host_bytes(self) -> int | None:
+        """Bytes of the host copies the plan keeps (pinned or pageable), None on the CPU."""
+        host = getattr(self._device(), "host", None)
+        return int(host.host_bytes()) if hasattr(host, "host_bytes") else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +309,8 @@ def run_cell(b: Bench, cell: Cell) -> None:
         return budget if budget == "card" else round(budget / GB, 1)
 
     def real(budget: Any) -> int | None:
-        return None if budget == "card" else int(budget * scale)
+        # tiny activations are a larger share of tiny weights: budgets 2.5× their share
+        return None if budget == "card" else int(budget * scale * (2.5 if b.tiny else 1.0))
 
     def call_s(mode: PeerMode) -> float:
         return (state["compute_s"] or 2.0) + mode.predict_transfer_s(load, link)
@@ -722,28 +479,6 @@ def bounds(b: Bench, cell: Cell, first: int, load: RequestBytes, link: LinkRates
         row.update(compute_s=compute, activation_bytes=activations, must_move_bytes=moved,
                    transfer_bound_s=transfer, lower_bound_s=max(compute, transfer))
     b.write()
-
-
-def host_ram_bytes() -> int:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 40
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    from importlib import metadata
-
-    env: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv,
-                           "device": str(device), "host_ram_bytes": host_ram_bytes()}
-    for pkg in ("torch", "diffusers", "accelerate", "transformers"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            env[pkg] = metadata.version(pkg)
-    if device.type == "cuda":
-        env["card"] = torch.cuda.get_device_name(device)
-        env["card_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from resbench.units import parse_bytes  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("benchmarks/results")
 PREDICTIONS = RESULTS / "gpu_oos3_predictions.csv"
+DERIVED = RESULTS / "gpu_oos3_profile.toml"
 PLANS = RESULTS / "gpu_oos3_plans"
 ENGINE = "diffusers"
 HOST_RESERVE_BYTES = 4 * 2**30
@@ -287,7 +288,7 @@ def expected_gpu_s(frame: pd.DataFrame) -> tuple[float, float]:
 
 
 def predictions_md(frame: pd.DataFrame, command: str, profile_path: Path,
-                   notes: list[str]) -> str:
+                   notes: list[str], derived_note: str = "") -> str:
     import torch
 
     runs_s, fixed_s = expected_gpu_s(frame)
@@ -303,7 +304,8 @@ def predictions_md(frame: pd.DataFrame, command: str, profile_path: Path,
         f"- profile: `{profile_path}` (sha256 "
         f"{hashlib.sha256(profile_path.read_bytes()).hexdigest()}): {profile.description}; "
         "from `resbench calibrate` alone (microbenchmarks, several at the pipelines' own "
-        "shapes): no constant fitted to a pipeline run",
+        "shapes): no constant fitted to a pipeline run"
+        + (f". {derived_note}" if derived_note else ""),
         f"- engine: `{ENGINE}` (the pipelines as diffusers runs them); torch "
         f"{torch.__version__} here; simulator `SimBackend(..., engine='diffusers').run(plan, "
         "budget, trace=False)`; budget `full` = the whole card (None)",
@@ -350,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("predict", help="simulate the pairs; write the predictions CSV and md")
     p.add_argument("--profile", required=True, help="the calibrated profile TOML")
+    p.add_argument("--workspaces-from", default=None,
+                   help="the profile's samples JSON: derive the per-precision workspace fields "
+                        "from it (a profile calibrated before they were split by precision); "
+                        f"the profile used is written to {DERIVED}")
     m = sub.add_parser("measure", help="run the committed pairs on the device")
     m.add_argument("--predictions", default=str(ROOT / PREDICTIONS))
     m.add_argument("--out", default=None, help="folder for the measured CSV (default: $OUT)")
@@ -368,10 +374,28 @@ def main(argv: list[str] | None = None) -> None:
         profile_path = Path(args.profile)
         os.chdir(ROOT)
         notes: list[str] = []
+        derived_note = ""
+        if args.workspaces_from:
+            from resbench.calibrate_shapes import with_workspace_fields
+            from resbench.hardware import save_profile
+
+            derived = with_workspace_fields(load_profile(profile_path), args.workspaces_from)
+            save_profile(derived, DERIVED)
+            derived_note = (
+                f"`{DERIVED}` is `{profile_path}` (sha256 "
+                f"{hashlib.sha256(profile_path.read_bytes()).hexdigest()}) with its workspace "
+                f"fields re-derived per precision from `{args.workspaces_from}`'s "
+                "`workspace_bytes` (`resbench.calibrate_shapes.workspace_fields`: the rule "
+                "`resbench calibrate` applies to the same measurements since 73e8f35; the run "
+                "that made the profile was at 80f7b5a, which took the largest of both "
+                "precisions); every other field as calibrated")
+            profile_path = DERIVED
         frame = predict(profile_path, notes)
         frame.to_csv(PREDICTIONS, index=False)
-        cmd = f"PYTHONPATH=. python benchmarks/gpu_oos3.py predict --profile {profile_path}"
-        PREDICTIONS.with_suffix(".md").write_text(predictions_md(frame, cmd, profile_path, notes))
+        cmd = (f"PYTHONPATH=. python benchmarks/gpu_oos3.py predict --profile {args.profile}"
+               + (f" --workspaces-from {args.workspaces_from}" if args.workspaces_from else ""))
+        PREDICTIONS.with_suffix(".md").write_text(predictions_md(frame, cmd, profile_path, notes,
+                                                                 derived_note))
         runs_s, fixed_s = expected_gpu_s(frame)
         print(f"{len(frame)} pairs -> {PREDICTIONS}; expected GPU time {runs_s + fixed_s:.0f} s")
     elif args.mode == "measure":

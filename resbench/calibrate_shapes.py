@@ -15,19 +15,23 @@ pipeline run, nothing fitted to one):
 * `conv_fp32_flops_per_s`: fp32 conv3d at the Wan VAE decoder's shapes (one latent frame at
   a time with its two causal cache frames, 60×104 up to 480×832), weighted by how many of
   each a decoder pass runs;
-* `conv_workspace_bytes`: the most device memory a decoder conv (Wan fp32 conv3d, FLUX bf16
-  conv2d) holds beyond its input, output and weight, read from the caching allocator's peak;
-* `attention_workspace_bytes_per_flop`: the same for SDPA with one wide head (the VAEs'
-  mid-block attention: head dim 512 in bf16 for FLUX at 1024², 384 in fp32 for Wan at
-  480×832), per attention FLOP.
+* `conv_workspace_bytes` / `conv_fp32_workspace_bytes`: the most device memory a decoder
+  conv (FLUX bf16 conv2d / Wan fp32 conv3d) holds beyond its input, output and weight, read
+  from the caching allocator's peak;
+* `attention_workspace_bytes_per_flop` / `attention_fp32_workspace_bytes_per_flop`: the same
+  for SDPA with one wide head (the VAEs' mid-block attention: head dim 512 in bf16 for FLUX
+  at 1024², 384 in fp32 for Wan at 480×832), per attention FLOP.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from resbench.calibrate import Measurement, _require_cuda, _time_events, _time_graph
-from resbench.hardware import MAX_ELEMENTWISE_EFFICIENCY
+from resbench.errors import InputError
+from resbench.hardware import MAX_ELEMENTWISE_EFFICIENCY, HardwareProfile
 
 # (block, tokens M, in K, out N, linears of this shape per block): the DiTs' linear layers.
 GEMM_SHAPES: tuple[tuple[str, int, int, int, int], ...] = (
@@ -161,6 +165,39 @@ def _extra_bytes(torch: Any, fn: Any, out_bytes: int) -> int:
     return max(0, int(extra))
 
 
+def workspace_fields(workspace_bytes: dict[str, int]) -> dict[str, Any]:
+    """The profile's workspace fields from the per-shape bytes `calibrate_decoder` measured
+    (``workspace_bytes`` of the samples JSON): per precision, the largest conv workspace
+    and the largest wide-attention workspace per FLOP."""
+    def largest(prefix: str) -> int:
+        return max((v for k, v in workspace_bytes.items() if k.startswith(prefix)), default=0)
+
+    per_flop = {"bfloat16": 0.0, "float32": 0.0}
+    for label, dim, seq, dtype in WIDE_ATTENTION:
+        extra = workspace_bytes.get(f"attention_{label}_{dtype}")
+        if extra is not None:
+            per_flop[dtype] = max(per_flop[dtype], extra / _attention_flops(1, dim, seq, seq))
+    return {"conv_workspace_bytes": largest("conv2d_bf16"),
+            "conv_fp32_workspace_bytes": largest("conv3d_fp32"),
+            "attention_workspace_bytes_per_flop": per_flop["bfloat16"],
+            "attention_fp32_workspace_bytes_per_flop": per_flop["float32"]}
+
+
+def with_workspace_fields(profile: HardwareProfile, samples_path: str | Path) -> HardwareProfile:
+    """`profile` with its workspace fields (re)derived by `workspace_fields` from the
+    ``workspace_bytes`` its calibration wrote to `samples_path` (a profile calibrated before
+    the fields were split by precision), marked measured."""
+    import json
+
+    raw = json.loads(Path(samples_path).read_text())
+    if "workspace_bytes" not in raw:
+        raise InputError(f"{samples_path}: no workspace_bytes (calibrated before resbench "
+                         f"measured decoder workspaces); run `resbench calibrate` again")
+    derived = workspace_fields(raw["workspace_bytes"])
+    prov = {**profile.provenance, **dict.fromkeys(derived, "measured")}
+    return replace(profile, **derived, provenance_pairs=tuple(prov.items()))
+
+
 def calibrate_decoder(*, quick: bool = False, samples: int = 5,
                       device: str = "cuda") -> dict[str, Any]:
     """fp32 conv3d rate at the Wan decoder's shapes; the conv and wide-attention workspaces
@@ -194,7 +231,6 @@ def calibrate_decoder(*, quick: bool = False, samples: int = 5,
         workspaces[f"conv2d_bf16_{cin}x{side}x{side}"] = extra
         del x, wt
         _empty_cache(torch)
-    per_flop = []
     for label, dim, seq, dtype in WIDE_ATTENTION:
         q, k, v = (torch.randn(1, 1, seq, dim, device=device, dtype=getattr(torch, dtype))
                    for _ in range(3))
@@ -205,11 +241,8 @@ def calibrate_decoder(*, quick: bool = False, samples: int = 5,
                              samples=samples)
         ms.append(Measurement(f"attention_{label}_{dtype}", seq, flops, times))
         workspaces[f"attention_{label}_{dtype}"] = extra
-        per_flop.append(extra / flops)
         del q, k, v
         _empty_cache(torch)
     fields = {"conv_fp32_flops_per_s": flops_total / seconds_total,
-              "conv_workspace_bytes": max(v for k, v in workspaces.items()
-                                          if k.startswith("conv")),
-              "attention_workspace_bytes_per_flop": max(per_flop)}
+              **workspace_fields(workspaces)}
     return {"fields": fields, "measurements": ms, "workspace_bytes": workspaces}

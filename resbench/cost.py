@@ -24,8 +24,8 @@ The model of one call `c` on profile `p`::
   plus write; such kernels reach `elementwise_efficiency` of the copy bandwidth (0.71 fitted
   on the H100: strided and broadcasting operands, small kernels; `resbench calibrate`
   measures it as counted bytes per second of real blocks' kernel mix, `resbench.kernel_mix`).
-* `conv_workspace_bytes` / `attention_workspace_bytes_per_flop` are memory, not time: the
-  simulated device adds them to a VAE call's working memory (`SimDevice.working_bytes`).
+* the profile's `*_workspace_*` fields are memory, not time: the simulated device adds them
+  to a VAE call's working memory (`SimDevice.working_bytes`).
 * Eager PyTorch queues kernels ahead of the GPU, so the CPU's dispatch (~11 us an op on the
   H100 machine, `resbench calibrate`) overlaps the GPU's work: a call costs the larger of the
   two, not their sum. Small calls are dispatch-bound, large ones compute-bound.

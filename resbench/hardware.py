@@ -120,15 +120,22 @@ class HardwareProfile:
     `attention_flops_per_s` / `attention_half_flops` fit, which stays for calls below the
     first point. Optional: presets leave it empty."""
     conv_workspace_bytes: int = 0
-    """Device bytes a convolution holds beyond its input, output and weight (cuDNN's
-    workspace) at a VAE decoder's shapes, the largest measured; the simulator adds it to the
-    working memory of every call with convolution work. Optional (0: none modelled)."""
+    """Device bytes a bf16/fp16 convolution holds beyond its input, output and weight
+    (cuDNN's workspace) at a VAE decoder's shapes (FLUX's), the largest measured; the
+    simulator adds it to the working memory of every call with bf16 convolution work.
+    Optional (0: none modelled)."""
+    conv_fp32_workspace_bytes: int = 0
+    """The same for fp32 convolutions (the Wan VAE decoder's conv3d), added to calls with
+    fp32 convolution work. Optional."""
     attention_workspace_bytes_per_flop: float = 0.0
-    """Device bytes SDPA holds beyond q, k, v and its output, per attention FLOP, at a VAE
-    mid-block's single wide head (head dim 512 or 384: no flash kernel takes it, so the
+    """Device bytes bf16 SDPA holds beyond q, k, v and its output, per attention FLOP, at a
+    VAE mid-block's single wide head (FLUX: head dim 512; no flash kernel takes it, so the
     kernel torch falls back to may hold the score matrix); the simulator adds
-    ``attention_flops × this`` to calls with both attention and convolution work (the VAEs'
-    attention blocks). Optional (0: none modelled)."""
+    ``attention_flops × this`` to calls with attention and bf16 convolution work (a VAE's
+    attention block). Optional (0: none modelled)."""
+    attention_fp32_workspace_bytes_per_flop: float = 0.0
+    """The same for fp32 SDPA (the Wan VAE's mid-block: head dim 384), added to calls with
+    attention and fp32 convolution work. Optional."""
     schema: int = SCHEMA
     """Version of the TOML layout."""
     provenance_pairs: tuple[tuple[str, str], ...] = ()
@@ -181,7 +188,9 @@ class HardwareProfile:
 
 
 OPTIONAL_FIELDS: tuple[str, ...] = ("attention_curve", "conv_workspace_bytes",
-                                     "attention_workspace_bytes_per_flop")
+                                     "conv_fp32_workspace_bytes",
+                                     "attention_workspace_bytes_per_flop",
+                                     "attention_fp32_workspace_bytes_per_flop")
 """Fields a profile TOML may leave out (their defaults model nothing); written only when set."""
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(HardwareProfile)
@@ -245,12 +254,12 @@ def check_curve(curve: Any, *, where: str) -> tuple[tuple[float, float], ...]:
 
 
 def check_optional(values: dict[str, Any], *, where: str) -> None:
-    """The optional scalar fields: numbers ≥ 0 (`conv_workspace_bytes` an integer)."""
+    """The optional scalar fields: numbers ≥ 0 (the `*_workspace_bytes` integers)."""
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not 0 <= value < float("inf"):
             raise InputError(f"{where}: {name} must be a finite number ≥ 0, got {value!r}")
-        if name == "conv_workspace_bytes" and not isinstance(value, int):
+        if name.endswith("_bytes") and not isinstance(value, int):
             raise InputError(f"{where}: {name} must be an integer, got {value!r}")
 
 

@@ -64,9 +64,12 @@ def test_bad_optional_fields_are_input_errors(changes: dict, match: str) -> None
 def test_the_simulator_charges_measured_workspaces_on_decoder_calls() -> None:
     profile = dataclasses.replace(BASE, conv_workspace_bytes=1000,
                                   attention_workspace_bytes_per_flop=0.5,
+                                  conv_fp32_workspace_bytes=2000,
+                                  attention_fp32_workspace_bytes_per_flop=2.0,
                                   fragmentation_fraction=0.0)
     dev = SimDevice(profile, unit_bytes={}, call_times_s=[0.0], capacity_bytes=10_000)
-    assert dev.working_bytes(_call(conv_fp32=10, activation=5)) == 1005
+    assert dev.working_bytes(_call(conv_fp32=10, activation=5)) == 2005
+    assert dev.working_bytes(_call(conv_fp32=10, attention=100, activation=5)) == 2205
     assert dev.working_bytes(_call(conv=10, attention=100, activation=5)) == 1055
     assert dev.working_bytes(_call(attention=100, activation=5)) == 5  # a DiT's attention
     dev.compute_begin(_call(conv=10, attention=100, activation=5))
@@ -102,6 +105,7 @@ def test_shape_calibration_runs_its_loops_on_cpu(monkeypatch: pytest.MonkeyPatch
                         ((4, 4, 1, 6, 8, 10), (4, 4, 2, 12, 16, 6)))
     monkeypatch.setattr(calibrate_shapes, "FLUX_DECODER_CONVS", ((4, 4, 8),))
     monkeypatch.setattr(calibrate_shapes, "WIDE_ATTENTION", (("vae", 8, 32, "float32"),))
+    monkeypatch.setattr(calibrate_shapes, "FLUX_DECODER_CONVS", ((4, 4, 8),))
     curve = calibrate_shapes.calibrate_attention_curve(device="cpu")["fields"]["attention_curve"]
     assert [f for f, _ in curve] == [4 * 2 * 64 * 64 * 16, 4 * 2 * 128 * 128 * 16]
     assert curve[0][1] == pytest.approx(4 * 2 * 64 * 64 * 16 / 2e-3)
@@ -110,6 +114,26 @@ def test_shape_calibration_runs_its_loops_on_cpu(monkeypatch: pytest.MonkeyPatch
     dec = calibrate_shapes.calibrate_decoder(device="cpu")
     flops = 2 * 16 * 27 * (10 * 6 * 8 + 6 * 2 * 12 * 16)
     assert dec["fields"]["conv_fp32_flops_per_s"] == pytest.approx(flops / (16 * 1e-3))
+    assert dec["fields"]["conv_workspace_bytes"] == dec["fields"]["conv_fp32_workspace_bytes"]
     assert dec["fields"]["conv_workspace_bytes"] == 4096
-    assert dec["fields"]["attention_workspace_bytes_per_flop"] == pytest.approx(
+    assert dec["fields"]["attention_fp32_workspace_bytes_per_flop"] == pytest.approx(
         4096 / (4 * 32 * 32 * 8))
+    assert dec["fields"]["attention_workspace_bytes_per_flop"] == 0.0  # no bf16 shape here
+
+
+def test_workspace_fields_split_by_precision_from_samples(tmp_path: Path) -> None:
+    import json
+
+    samples = {"workspace_bytes": {
+        "conv3d_fp32_96x480x832x4": 1500, "conv3d_fp32_384x60x104x1": 60,
+        "conv2d_bf16_256x1024x1024": 1000, "attention_flux-vae-mid_bfloat16": 4 * 16384**2 * 512,
+        "attention_wan-vae-mid_float32": 0}}
+    (tmp_path / "card.samples.json").write_text(json.dumps(samples))
+    p = calibrate_shapes.with_workspace_fields(BASE, tmp_path / "card.samples.json")
+    assert (p.conv_workspace_bytes, p.conv_fp32_workspace_bytes) == (1000, 1500)
+    assert p.attention_workspace_bytes_per_flop == pytest.approx(1.0)
+    assert p.attention_fp32_workspace_bytes_per_flop == 0.0
+    assert p.provenance["conv_fp32_workspace_bytes"] == "measured"
+    (tmp_path / "old.samples.json").write_text("{}")
+    with pytest.raises(InputError, match="no workspace_bytes"):
+        calibrate_shapes.with_workspace_fields(BASE, tmp_path / "old.samples.json")

@@ -1,19 +1,22 @@
-"""`resbench export trace RUN`: the run's events as a Chrome trace for Perfetto."""
+"""`resbench export trace RUN`: the run's events as a Chrome trace for Perfetto;
+`resbench export sglang PLAN` / `resbench export diffusers PLAN`: a plan as sglang launch
+flags, or as the Python that applies it to a diffusers pipeline."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from resbench.cli import preflight
-from resbench.cli.common import emit, json_option
+from resbench.cli.common import SIZE, emit, json_option, model_option
 from resbench.fileio import atomic_path
 
 
 @click.group("export")
 def command() -> None:
-    """Export a saved run in other tools' formats."""
+    """Export a saved run or a plan in other tools' formats."""
 
 
 @command.command("trace")
@@ -44,3 +47,57 @@ def trace(run_dir: Path, out: Path | None, detail: str, max_events: int, as_json
           "detail": doc["resbench"]["detail"]}, as_json=as_json,
          lines=[f"trace: {path} ({events:,} events, {doc['resbench']['detail']}); "
                 "open it in ui.perfetto.dev (drag the file in) or chrome://tracing"])
+
+
+def _plan_and_kinds(plan_name: str, model: str) -> tuple[Any, dict[str, str], str]:
+    """The plan, the model's component kinds (the zoo's: no diffusers import) and how a
+    snippet names the plan (a preset name, or the file's absolute path)."""
+    from resbench.models.registry import get_model
+    from resbench.resources import resolve_plan
+
+    plan = resolve_plan(plan_name)
+    spec = get_model(model)
+    kinds = {c.name: c.kind for c in spec.components}
+    plan.check_components(kinds, source=plan_name)
+    path = Path(plan_name)
+    ref = str(path.resolve()) if path.suffix == ".toml" or path.exists() else plan_name
+    return plan, kinds, ref
+
+
+@command.command("sglang")
+@click.argument("plan_name", metavar="PLAN")
+@model_option
+@json_option
+def sglang(plan_name: str, model: str, as_json: bool) -> None:
+    """The sglang diffusion launch flags closest to PLAN (a plan TOML or a preset name),
+    then, line by line, what of the plan those flags cannot say."""
+    from resbench.export.sglang import sglang_flags
+
+    plan, kinds, _ = _plan_and_kinds(plan_name, model)
+    out = sglang_flags(plan, kinds)
+    if as_json:
+        emit({"plan": plan.name, "model": model, "flags": list(out.flags),
+              "unexpressed": list(out.unexpressed)}, as_json=True)
+        return
+    click.echo(out.render())
+
+
+@command.command("diffusers")
+@click.argument("plan_name", metavar="PLAN")
+@model_option
+@click.option("--device", default="cuda", show_default=True,
+              help="Where the pipeline computes (cuda, cuda:N, or cpu to check a plan).")
+@click.option("--budget", type=SIZE, default=None,
+              help="Device memory the manager plans within [default: the whole device].")
+@json_option
+def diffusers(plan_name: str, model: str, device: str, budget: int | None, as_json: bool) -> None:
+    """The Python that applies PLAN to a diffusers pipeline bound to `pipe`: diffusers' own
+    call where it says exactly the same, else `resbench.apply_plan`."""
+    from resbench.export.diffusers_snippet import diffusers_snippet
+
+    plan, kinds, ref = _plan_and_kinds(plan_name, model)
+    code = diffusers_snippet(plan, kinds, plan_ref=ref, device=device, budget_bytes=budget)
+    if as_json:
+        emit({"plan": plan.name, "model": model, "python": code}, as_json=True)
+        return
+    click.echo(code, nl=False)

@@ -6,7 +6,7 @@ import click
 
 from resbench.cli.common import emit, json_option
 from resbench.models.catalog import components_frame, models_frame, units_frame
-from resbench.models.registry import get_model
+from resbench.models.registry import get_model, in_zoo
 
 
 @click.group("models", invoke_without_command=True)
@@ -33,11 +33,17 @@ def show(name: str, show_units: bool, as_json: bool) -> None:
                          "steps": d.steps, "guidance": d.guidance, "shift": d.shift,
                          "cfg": d.cfg, "cfg_mode": d.cfg_mode},
             "boundary": spec.boundary, "notes": list(spec.notes)}
-    tables = [("components", components_frame(spec.name))]
+    if in_zoo(spec.name):
+        frames = (components_frame, units_frame)
+    else:  # only the diffusers engine builds it: its units are the engine's
+        from resbench.engines import tables
+
+        frames = (tables.components_frame, tables.units_frame)
+    tables_ = [("components", frames[0](spec.name))]
     if show_units or as_json:
-        tables.append(("units", units_frame(spec.name)))
+        tables_.append(("units", frames[1](spec.name)))
     lines = [f"[bold]{spec.name}[/bold] ({', '.join(spec.aliases) or 'no aliases'}): {spec.description}",
              f"defaults: {d.height}x{d.width}x{d.frames}, {d.steps} steps, guidance {d.guidance}, "
              f"shift {d.shift}, cfg {d.cfg} ({d.cfg_mode})"
              + (f", expert boundary {spec.boundary}" if spec.boundary else "")]
-    emit(data, as_json=as_json, tables=tables, lines=lines)
+    emit(data, as_json=as_json, tables=tables_, lines=lines)

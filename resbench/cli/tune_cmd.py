@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from resbench.cli.common import (
 from resbench.fileio import atomic_path, atomic_write_text
 from resbench.tune import TuneInterrupted, TuneOptions, tune
 from resbench.tune.study import OBJECTIVES, SAMPLERS, default_storage
+from resbench.tune.trial_log import trial_line
 from resbench.units import format_bytes
 
 
@@ -59,6 +61,17 @@ class TuneProgress:
         if feasible:
             best = f"{min(feasible):.3f} s"
         self.progress.update(self.task, advance=1, best=best)
+
+
+class TrialLog:
+    """An optuna callback logging one line per trial this worker finished
+    (`resbench.tune.trial_log`), where the progress bar is off: a log file, `--json`."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def __call__(self, _study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.log(trial_line(trial))
 
 
 def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -137,9 +150,11 @@ def command(model: str, engine: str | None, budget: int, host_budget: int | None
     def log(line: str) -> None:
         stderr.print(line, highlight=False, markup=False, soft_wrap=True)
 
+    bar = stderr.is_terminal and not as_json
     try:
-        with TuneProgress(n_trials, enabled=stderr.is_terminal and not as_json) as progress:
-            result = tune(options, callbacks=[progress], log=log)
+        with TuneProgress(n_trials, enabled=bar) as progress:
+            result = tune(options, callbacks=[progress] if bar else [TrialLog(log), progress],
+                          log=log)
     except TuneInterrupted as exc:
         trials = "trial" if exc.finished == 1 else "trials"
         stderr.print(f"interrupted: study {exc.study_name} keeps its {exc.complete} complete "

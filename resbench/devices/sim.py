@@ -156,13 +156,16 @@ class SimDevice(Device):
     def working_bytes(self, call: UnitCall) -> int:
         """Recorded activations plus the workspaces the profile measured and a meta
         recording cannot see: cuDNN's on calls with convolution work, and SDPA's on calls
-        with attention and convolution work (a VAE's wide-head attention blocks)."""
+        with attention and convolution work (a VAE's wide-head attention blocks), each in
+        the convolutions' precision (fp32: the Wan VAE; bf16: FLUX's)."""
         p = self.profile
-        conv = call.conv_flops > 0 or call.conv_fp32_flops > 0
-        extra = p.conv_workspace_bytes if conv else 0
-        if conv and call.attention_flops > 0:
-            extra += int(call.attention_flops * p.attention_workspace_bytes_per_flop)
-        return call.activation_bytes + extra
+        if call.conv_fp32_flops > 0:
+            ws, per_flop = p.conv_fp32_workspace_bytes, p.attention_fp32_workspace_bytes_per_flop
+        elif call.conv_flops > 0:
+            ws, per_flop = p.conv_workspace_bytes, p.attention_workspace_bytes_per_flop
+        else:
+            return call.activation_bytes
+        return call.activation_bytes + ws + int(call.attention_flops * per_flop)
 
     def compute_begin(self, call: UnitCall) -> Any:
         working = self.working_bytes(call)

@@ -1,8 +1,11 @@
 """Engines: where pipelines come from. This package holds the diffusers engine.
 
 * `build_pipeline(name, scale=, overrides=, device=, dtype=)` → the real diffusers pipeline
-  (`WanPipeline`, `FluxPipeline`) built from the configs shipped in `configs/`, on meta or
-  with seeded random weights (`materialize`).
+  (`WanPipeline`, `FluxPipeline`, `Flux2Pipeline`, `QwenImagePipeline`, `LTX2Pipeline`) built
+  from the configs shipped in `configs/`, on meta or with seeded random weights
+  (`materialize`). What a model is beyond its files (component roles, text inputs, LTX-2's
+  second stage and its LoRA's facts) is in `catalog` (data types in `roles`); `specs` gives
+  the models the zoo lacks their request defaults and rules.
 * `residency_units(pipe)` → per component, its ordered residency units (blocks + `rest`).
 * `record_schedule(name, request)` / `record_pipeline(pipe, model, request)` → the
   `Schedule` of a request, recorded on meta through removable hooks on the real modules.
@@ -29,6 +32,7 @@ _WHERE = {
     "DiffusersEngine": "diffusers_engine", "ZooEngine": "zoo",
     "build_pipeline": "build", "materialize": "build", "pipeline_configs": "build",
     "ENGINE_MODELS": "catalog", "EngineModel": "catalog", "get_engine_model": "catalog",
+    "LoraFacts": "roles", "RefineStage": "roles",
     "DiffusersPipeline": "pipeline",
     "PipelineHookBridge": "hooks",
     "DiffusersRecorder": "record", "record_pipeline": "record", "record_schedule": "record",

@@ -141,7 +141,8 @@ def call_shape(call: Callable[..., Any], pipe: Any, model: EngineModel, args: tu
         raise InputError(f"apply_plan cannot follow a call with {', '.join(given)}: the "
                          f"schedule is recorded with the pipeline's own text encoders and "
                          f"step count; pass prompt= and num_inference_steps=")
-    if a.get("true_cfg_scale", 1.0) > 1 and a.get("negative_prompt") is not None:
+    true_cfg = (a.get("true_cfg_scale") or 1.0) > 1 and a.get("negative_prompt") is not None
+    if true_cfg and model.true_cfg != "true_cfg_scale":
         raise InputError(f"{model.name}: true CFG (true_cfg_scale > 1 with a negative prompt) "
                          "is not modelled; leave true_cfg_scale at 1")
     prompt = a.get("prompt")
@@ -150,7 +151,9 @@ def call_shape(call: Callable[..., Any], pipe: Any, model: EngineModel, args: tu
     per_prompt = a.get("num_videos_per_prompt") or a.get("num_images_per_prompt") or 1
     # FLUX leaves the size None: the pipeline's default sample size then decides.
     default_size = getattr(pipe, "default_sample_size", 0) * getattr(pipe, "vae_scale_factor", 0)
-    guidance = float(a["guidance_scale"])
+    # Qwen-Image guides with true_cfg_scale (its guidance_scale is None: no guidance input).
+    guidance = float(a["true_cfg_scale"] if model.true_cfg == "true_cfg_scale"
+                     else a["guidance_scale"])
     lengths = tuple(sorted({(r.text.length_argument, int(a[r.text.length_argument]))
                             for r in model.components if r.text is not None
                             and r.text.length_argument in a}))
@@ -158,8 +161,9 @@ def call_shape(call: Callable[..., Any], pipe: Any, model: EngineModel, args: tu
         height=int(a.get("height") or default_size), width=int(a.get("width") or default_size),
         frames=int(a.get("num_frames", 1)) if model.is_video else 1,
         steps=int(a["num_inference_steps"]),
-        # Wan runs CFG exactly when guidance_scale > 1; a distilled model takes it as input.
-        cfg=model.true_cfg == "guidance_scale" and guidance > 1,
+        # Wan runs CFG exactly when guidance_scale > 1, Qwen-Image when true_cfg_scale > 1
+        # with a negative prompt; a distilled model takes guidance_scale as an input.
+        cfg=(model.true_cfg == "guidance_scale" and guidance > 1) or true_cfg,
         batch=(len(prompt) if isinstance(prompt, list) else 1) * int(per_prompt),
         decode=a.get("output_type") != "latent", text_lengths=lengths, guidance=guidance)
     if request is None:

@@ -30,6 +30,7 @@ from torch import nn
 from resbench.engines.catalog import ENGINE_MODELS
 from resbench.errors import InputError
 from resbench.models.base import ModelSpec
+from resbench.models.registry import in_zoo
 from resbench.pipeline import ManagedPipeline, Request
 from resbench.schedule import Schedule
 
@@ -93,6 +94,8 @@ def resolve_engine(name: str | None, spec: ModelSpec) -> str:
         return default_engine(spec)
     if name not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    if name == "zoo" and not in_zoo(spec.name):
+        raise InputError(f"the zoo has no modules for {spec.name}; use --engine diffusers")
     return name
 
 

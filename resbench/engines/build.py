@@ -13,6 +13,7 @@ weights, drawn per (seed, component, parameter name).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -117,9 +118,8 @@ def _valid_keys(model: EngineModel, section: str, shipped: Config) -> set[str]:
     if section == SCHEDULER:
         cls = getattr(diffusers, shipped["_class_name"])
         return keys | set(inspect.signature(cls.__init__).parameters) - {"self"}
-    library, class_name = model.component_class(section)
-    cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
-    if library == "diffusers":
+    cls = _component_class(model, section)
+    if issubclass(cls, diffusers.ModelMixin):
         return keys | set(inspect.signature(cls.__init__).parameters) - {"self"}
     return keys | set(cls.config_class().to_dict())
 
@@ -143,7 +143,7 @@ def pipeline_configs(model: EngineModel, *, scale: float = 1.0,
         for role in model.components:
             if role.text is not None:
                 configs[role.name] = _scale_component(model, role.name, configs[role.name], scale, widths)
-                kind = "pooled" if role.text.output == "pooler_output" else "sequence"
+                kind = "pooled" if role.text.pooled else "sequence"
                 widths[kind] = _text_width(configs[role.name])
         for role in model.components:
             if role.text is None:
@@ -207,9 +207,16 @@ def cast_like_from_pretrained(module: nn.Module, dtype: torch.dtype) -> nn.Modul
     return module
 
 
+def library_class(library: str, class_name: str) -> Any:
+    """A class as `model_index.json` names it: `diffusers`, `transformers`, or a diffusers
+    pipeline module (`ltx2` → `diffusers.pipelines.ltx2`), as diffusers' loader reads it."""
+    if library in ("diffusers", "transformers"):
+        return getattr(diffusers if library == "diffusers" else transformers, class_name)
+    return getattr(importlib.import_module(f"diffusers.pipelines.{library}"), class_name)
+
+
 def _component_class(model: EngineModel, component: str) -> type[nn.Module]:
-    library, class_name = model.component_class(component)
-    return getattr(diffusers if library == "diffusers" else transformers, class_name)
+    return library_class(*model.component_class(component))
 
 
 def _construct(cls: Any, config: Config) -> nn.Module:
@@ -268,7 +275,7 @@ def assemble(model: EngineModel, components: Mapping[str, nn.Module],
     """The diffusers pipeline object around already built `components` (no copies): a fresh
     scheduler, no tokenizers, the pipeline's own config (`configs`: the shipped ones)."""
     configs = configs if configs is not None else pipeline_configs(model)
-    parts: dict[str, Any] = dict(components)
+    parts: dict[str, Any] = {k: v for k, v in components.items() if model.in_pipeline(k)}
     scheduler_cfg = configs[SCHEDULER]
     parts[SCHEDULER] = getattr(diffusers, scheduler_cfg["_class_name"]).from_config(scheduler_cfg)
     for key, entry in model.model_index().items():
@@ -278,6 +285,11 @@ def assemble(model: EngineModel, components: Mapping[str, nn.Module],
     pipe_cls = getattr(diffusers, model.pipeline_class())
     pipe = pipe_cls(**parts, **configs[PIPELINE])
     pipe.set_progress_bar_config(disable=True)
+    for name, module in components.items():
+        # Components outside the pipeline's own (LTX-2's latent upsampler) ride along as plain
+        # attributes: not in its config, so `pipe.components` stays the class's own.
+        if not model.in_pipeline(name):
+            setattr(pipe, name, module)
     return pipe
 
 
@@ -312,14 +324,18 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _built_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The buffers `module`'s class computes at construction, from a twin built on CPU with
-    its parameters on meta (meta construction leaves buffers without values)."""
+def _built_tensors(module: nn.Module) -> tuple[dict[str, torch.Tensor],
+                                               dict[tuple[str, str], torch.Tensor]]:
+    """The buffers `module`'s class computes at construction, and the plain tensor attributes
+    of its submodules (Qwen-Image's RoPE tables), from a twin built on CPU with its
+    parameters on meta (meta construction leaves them without values)."""
     cls: Any = type(module)
     config = module.config
     with _parameters_on_meta():
         twin = cls.from_config(config) if isinstance(module, diffusers.ModelMixin) else cls(config)
-    return dict(twin.named_buffers())
+    plain = {(name, attr): value for name, mod in twin.named_modules()
+             for attr, value in vars(mod).items() if isinstance(value, torch.Tensor)}
+    return dict(twin.named_buffers()), plain
 
 
 @torch.no_grad()
@@ -337,7 +353,7 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
     seconds on a GPU, minutes on a CPU); the values are then the same for every run on the
     same kind of card, not equal to a CPU draw.
     """
-    buffers = _built_buffers(component)
+    buffers, plain = _built_tensors(component)
     owners = {f"{prefix}.{n}" if prefix else n: mod for prefix, mod in component.named_modules()
               for n, _ in mod.named_parameters(recurse=False)}
     component.to_empty(device=torch.device(device))
@@ -353,4 +369,6 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
         p.copy_(values.to(p.dtype))
     for qualname, b in component.named_buffers():
         b.copy_(buffers[qualname])
+    for (name, attr), value in plain.items():
+        setattr(component.get_submodule(name), attr, value.to(device))
     return component

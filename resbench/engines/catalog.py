@@ -8,113 +8,36 @@ its kind (text encoder, DiT, VAE), the dtype it runs in, and for text encoders h
 pipeline calls them and which `__call__` argument takes their output.
 
 Model names are the zoo's (`resbench models`), so a zoo spec and an engine model of the same
-name describe the same pipeline; the zoo spec supplies the request defaults and rules.
+name describe the same pipeline; the zoo spec supplies the request defaults and rules. Models
+the zoo has no modules for (FLUX.2-dev, LTX-2) get their spec from `resbench.engines.specs`.
+The data types are in `resbench.engines.roles`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import dataclass
-from importlib import resources
-from typing import Any, Literal
 
 import torch
 
+from resbench.engines.roles import (
+    ComponentRole,
+    EngineModel,
+    LoraFacts,
+    Published,
+    RefineStage,
+    TextInput,
+    all_hidden_states_packed,
+    last_hidden_state,
+    load_config,
+    mistral_layers_10_20_30,
+    pooler_output,
+)
 from resbench.errors import InputError
-from resbench.models.base import ComponentKind
 
-#: Stage a component kind's calls belong to (VAE encode is `image_encode`, decode `decode`).
-STAGE_OF_KIND = {"text_encoder": "text_encode", "dit": "denoise"}
+__all__ = ["ENGINE_MODELS", "ComponentRole", "EngineModel", "LoraFacts", "Published",
+           "RefineStage", "TextInput", "get_engine_model", "load_config"]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TextInput:
-    """How a pipeline calls a text encoder, which the engine does itself (no tokenizer).
-
-    `length`: tokens per prompt, padded to it as the pipeline's tokenizer call does
-    (`max_length`); `length_argument`: the `__call__` keyword argument that sets it, None
-    when it is fixed. `output`: the field of the encoder's output the pipeline keeps
-    (`last_hidden_state` or CLIP's `pooler_output`). `argument` / `negative_argument`: the
-    `__call__` keyword arguments that take it for the prompt and the negative prompt.
-    """
-
-    length: int
-    output: Literal["last_hidden_state", "pooler_output"]
-    argument: str
-    negative_argument: str
-    length_argument: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ComponentRole:
-    """One component of an engine model: its pipeline attribute, kind and run dtype.
-
-    `dtype` is the `torch_dtype` a deployment loads it with (`from_pretrained`); modules the
-    class keeps in fp32 stay fp32 (see `build.cast_like_from_pretrained`).
-    """
-
-    name: str
-    kind: ComponentKind
-    dtype: torch.dtype
-    text: TextInput | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineModel:
-    """A diffusers pipeline the engine can build: shipped configs plus component roles.
-
-    `true_cfg` says how the pipeline runs classifier-free guidance: `"guidance_scale"` when `guidance_scale > 1` turns it on (Wan),
-    `None` when the model is guidance-distilled and runs one pass per step (FLUX.1-dev).
-    """
-
-    name: str
-    description: str
-    components: tuple[ComponentRole, ...]
-    is_video: bool
-    true_cfg: Literal["guidance_scale"] | None
-    notes: tuple[str, ...] = ()
-
-    def role(self, component: str) -> ComponentRole:
-        for r in self.components:
-            if r.name == component:
-                return r
-        raise KeyError(component)
-
-    @property
-    def component_names(self) -> tuple[str, ...]:
-        return tuple(r.name for r in self.components)
-
-    def of_kind(self, kind: ComponentKind) -> tuple[str, ...]:
-        return tuple(r.name for r in self.components if r.kind == kind)
-
-    def model_index(self) -> dict[str, Any]:
-        return load_config(self.name, "model_index")
-
-    def pipeline_class(self) -> str:
-        return str(self.model_index()["_class_name"])
-
-    def component_class(self, component: str) -> tuple[str, str]:
-        """(library, class name) of a component, as `model_index.json` gives it."""
-        library, class_name = self.model_index()[component]
-        return library, class_name
-
-    def pipeline_config(self) -> dict[str, Any]:
-        """The pipeline's own registered config: every `model_index` entry that is not a
-        component (lists name components; `_`-keys are bookkeeping)."""
-        return {k: v for k, v in self.model_index().items()
-                if not k.startswith("_") and not isinstance(v, list)}
-
-
-def load_config(model: str, file: str) -> dict[str, Any]:
-    """A shipped config (`configs/<model>/<file>.json`), found the same way from any folder."""
-    path = resources.files("resbench.engines") / "configs" / model / f"{file}.json"
-    if not path.is_file():
-        raise InputError(f"no shipped config {model}/{file}.json")
-    return json.loads(path.read_text())
-
-
-_UMT5 = TextInput(length=512, output="last_hidden_state", argument="prompt_embeds",
+_UMT5 = TextInput(length=512, read=last_hidden_state, argument="prompt_embeds",
                   negative_argument="negative_prompt_embeds",
                   length_argument="max_sequence_length")
 
@@ -131,6 +54,100 @@ def _wan(name: str, description: str, dits: tuple[str, ...], notes: tuple[str, .
         notes=notes)
 
 
+# LTX-2's distilled LoRA for the second stage (diffusers' LTX-2 docs, "Two-stages Generation").
+LTX2_DISTILLED_LORA = LoraFacts(
+    repository="Lightricks/LTX-2", weight_name="ltx-2-19b-distilled-lora-384.safetensors",
+    component="transformer", rank=384, alpha=None, target_modules=(), adapter_scale=1.0,
+    source="rank: the published file name (`-lora-384`, the LTX-2 convention for rank 384), "
+           "loaded with `set_adapters('stage_2_distilled', 1.0)` in diffusers' LTX-2 docs; "
+           "alpha and target modules: not found in any source read (configs/README.md)")
+
+_LTX2 = EngineModel(
+    name="ltx-2", is_video=True, true_cfg="guidance_scale", cfg_mode="batched",
+    # audio_guidance_scale defaults to 7.0 and keeps CFG on by itself.
+    no_cfg=(("audio_guidance_scale", 1.0),),
+    description="diffusers LTX2Pipeline: LTX-2 (19B audio+video DiT, Gemma-3-12B), two stages: "
+                "x2 latent upsampler, then the DiT again with the distilled LoRA",
+    components=(
+        ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
+                      text=TextInput(length=1024, read=all_hidden_states_packed,
+                                     hidden_states=True, argument="prompt_embeds",
+                                     negative_argument="negative_prompt_embeds",
+                                     length_argument="max_sequence_length",
+                                     mask_argument="prompt_attention_mask",
+                                     negative_mask_argument="negative_prompt_attention_mask"),
+                      published=Published(params=12_000_000_000,
+                                          source="Gemma 3 model card: 12B (incl. vision)")),
+        ComponentRole(name="connectors", kind="text_encoder", dtype=torch.bfloat16),
+        ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16,
+                      published=Published(params=19_000_000_000,
+                                          source="Lightricks/LTX-2: ltx-2-19b-dev (19B)")),
+        ComponentRole(name="latent_upsampler", kind="vae", dtype=torch.bfloat16,
+                      entries=(("forward", "upsample"),)),
+        ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
+        ComponentRole(name="audio_vae", kind="vae", dtype=torch.bfloat16,
+                      entries=(("decode", "decode"),)),
+        ComponentRole(name="vocoder", kind="vae", dtype=torch.bfloat16,
+                      entries=(("forward", "decode"),)),
+    ),
+    refine=RefineStage(
+        upsampler="latent_upsampler", upsampler_class=("ltx2", "LTX2LatentUpsamplerModel"),
+        upsample_pipeline="LTX2LatentUpsamplePipeline", dit="transformer",
+        # diffusers.pipelines.ltx2.utils.STAGE_2_DISTILLED_SIGMA_VALUES
+        sigmas=(0.909375, 0.725, 0.421875),
+        scheduler=(("use_dynamic_shifting", False), ("shift_terminal", None)),
+        call=(("guidance_scale", 1.0), ("noise_scale", 0.909375)), vae_tiling=True,
+        lora=LTX2_DISTILLED_LORA),
+    notes=("Stage 1 runs the pipeline's defaults besides the request: STG (stg_scale 1.0, "
+           "block 28) and modality guidance (modality_scale 3.0) add two transformer calls "
+           "per step to the batched CFG call; stage 2 (guidance_scale 1.0, as diffusers' docs) "
+           "keeps audio CFG (7.0), STG and modality guidance on.",
+           "Stage 2 runs the transformer's base weights: the distilled LoRA's merge is a "
+           "residency strategy (LTX2_DISTILLED_LORA holds its published facts).",
+           "Stage 2 decodes with VAE tiling on, as the docs do (`vae.enable_tiling()`)."))
+
+
+_FLUX2 = EngineModel(
+    name="flux.2-dev", is_video=False, true_cfg=None,
+    description="diffusers Flux2Pipeline: FLUX.2-dev, 32B MMDiT (8 double + 48 single blocks), "
+                "Mistral-Small-3.x 24B text encoder (hidden states 10, 20, 30)",
+    components=(
+        ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
+                      text=TextInput(length=512, read=mistral_layers_10_20_30, hidden_states=True,
+                                     argument="prompt_embeds",
+                                     negative_argument="negative_prompt_embeds",
+                                     length_argument="max_sequence_length"),
+                      published=Published(params=24_000_000_000,
+                                          source="Mistral-Small-3.1/3.2-24B model cards: 24B")),
+        ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16,
+                      published=Published(params=32_000_000_000,
+                                          source="black-forest-labs/FLUX.2-dev card: 32B")),
+        ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
+    ),
+    notes=("Guidance is distilled (guidance_scale 4.0 is an input of the transformer): one "
+           "pass per step.",
+           "The text encoder's LM head is tied to its embeddings as transformers 5.24 reads the "
+           "published config (23.34B parameters; 24.01B with a separate head).",))
+
+_QWEN_IMAGE = EngineModel(
+    name="qwen-image", is_video=False, true_cfg="true_cfg_scale",
+    description="diffusers QwenImagePipeline: Qwen-Image, 20B MMDiT, Qwen2.5-VL-7B text encoder",
+    components=(
+        ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
+                      # The prompt template's 34 tokens are encoded, then dropped. No mask:
+                      # the pipeline drops an all-ones `prompt_embeds_mask` itself.
+                      text=TextInput(length=512, template_tokens=34, read=last_hidden_state,
+                                     hidden_states=True, argument="prompt_embeds",
+                                     negative_argument="negative_prompt_embeds")),
+        ComponentRole(name="transformer", kind="dit", dtype=torch.bfloat16),
+        ComponentRole(name="vae", kind="vae", dtype=torch.bfloat16),
+    ),
+    notes=("True CFG (true_cfg_scale 4.0 with a negative prompt): cond and uncond as two "
+           "transformer calls per step.",
+           "Text: 512 prompt tokens (the zoo's worst case: the pipeline pads to the longest "
+           "prompt) plus the 34-token template."))
+
+
 ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
     _wan("wan2.2-t2v-a14b", "diffusers WanPipeline: Wan2.2 T2V, two 14B experts switched at "
          "boundary_ratio 0.875", ("transformer", "transformer_2"),
@@ -143,11 +160,11 @@ ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
         description="diffusers FluxPipeline: FLUX.1-dev, CLIP-L pooled + T5-XXL, 12B MMDiT",
         components=(
             ComponentRole(name="text_encoder", kind="text_encoder", dtype=torch.bfloat16,
-                          text=TextInput(length=77, output="pooler_output",
+                          text=TextInput(length=77, read=pooler_output, pooled=True,
                                          argument="pooled_prompt_embeds",
                                          negative_argument="negative_pooled_prompt_embeds")),
             ComponentRole(name="text_encoder_2", kind="text_encoder", dtype=torch.bfloat16,
-                          text=TextInput(length=512, output="last_hidden_state",
+                          text=TextInput(length=512, read=last_hidden_state,
                                          argument="prompt_embeds",
                                          negative_argument="negative_prompt_embeds",
                                          length_argument="max_sequence_length")),
@@ -156,6 +173,9 @@ ENGINE_MODELS: dict[str, EngineModel] = {m.name: m for m in (
         ),
         notes=("Guidance is distilled (guidance_scale is an input of the transformer): one "
                "pass per step; true CFG (true_cfg_scale) is not modelled.",)),
+    _LTX2,
+    _FLUX2,
+    _QWEN_IMAGE,
 )}
 
 

@@ -32,6 +32,7 @@ from resbench.pipeline import PipelineHooks, Request
 from resbench.schedule import ComponentUse, Schedule
 
 STAGES = ("text_encode", "denoise", "decode")
+TWO_STAGE = ("text_encode", "denoise", "upsample", "refine", "decode")
 
 
 @dataclass(eq=False)
@@ -60,6 +61,8 @@ class DiffusersPipeline:
 
     @property
     def components(self) -> dict[str, nn.Module]:
+        """Every component of the engine model, by name (a two-stage pipeline's upsampler
+        included: `units()` reads these, not the diffusers pipeline's own `components`)."""
         return {r.name: getattr(self.pipe, r.name) for r in self.model.components}
 
     @property
@@ -76,8 +79,10 @@ class DiffusersPipeline:
 
     @property
     def vae(self) -> str:
-        (vae,) = self.model.of_kind("vae")
-        return vae
+        """The VAE of the image or video latents (`vae`; others of the kind: an audio VAE, a
+        vocoder, a latent upsampler)."""
+        vaes = self.model.of_kind("vae")
+        return "vae" if "vae" in vaes else vaes[0]
 
     def default_request(self, **overrides: object) -> Request:
         return default_request(self.model, **overrides)
@@ -87,7 +92,7 @@ class DiffusersPipeline:
         """Per component, its residency units: blocks in order, then `rest` (found once: the
         slots name modules and attributes, which stay valid while tensors are rebound)."""
         if self._units is None:
-            self._units = residency_units(self.pipe)
+            self._units = residency_units(self.components)
         return self._units
 
     def unit_slots(self, component: str) -> dict[str, list[TensorSlot]]:
@@ -103,8 +108,9 @@ class DiffusersPipeline:
         return {}
 
     def uses(self) -> list[ComponentUse]:
-        """The components each stage (text encode → denoise → decode) declares."""
-        return uses(self.model, STAGES)
+        """The components each stage (text encode → denoise → decode; a two-stage pipeline:
+        → upsample → refine before decode) declares."""
+        return uses(self.model, TWO_STAGE if self.model.refine is not None else STAGES)
 
     # -- running -------------------------------------------------------------------------------
     def materialize(self, device: torch.device | str = "cpu", *, seed: int = 0) -> DiffusersPipeline:
@@ -124,4 +130,4 @@ class DiffusersPipeline:
         and component callbacks as the zoo `Pipeline.run` does."""
         with PipelineHookBridge(self.pipe, self.model, hooks or PipelineHooks()) as bridge:
             return run_pipeline(self.pipe, self.model, request, output_type=output_type,
-                                callback_on_step_end=bridge.on_step_end)
+                                bridge=bridge)

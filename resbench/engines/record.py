@@ -120,7 +120,8 @@ def uses(model: EngineModel, stages: tuple[str, ...]) -> list[ComponentUse]:
     """Each stage's component uses, in call order (phase = order within the stage)."""
     out = []
     for stage in stages:
-        names = [r.name for r in model.components if stage in stages_of(r.kind)]
+        names = [r.name for r in model.components
+                 if stage in stages_of(r, refine=model.refine is not None)]
         out += [ComponentUse(stage, name, phase=i) for i, name in enumerate(names)]
     return out
 
@@ -147,10 +148,10 @@ def record_pipeline(pipe: Any, model: EngineModel, request: Request, *,
     on meta: no weights, no compute. `scale` is only recorded in the schedule;
     `output_type` and `extra` are passed to `run_pipeline` (`"latent"`: no decode).
     """
-    units = residency_units(pipe)
+    units = residency_units({r.name: getattr(pipe, r.name) for r in model.components})
     recorder = DiffusersRecorder(pipe, model, units)
     with recorder, recorder.flops, recorder.mem, FusedAttentionOnMeta():
-        run_pipeline(pipe, model, request, callback_on_step_end=recorder.on_step_end,
+        run_pipeline(pipe, model, request, bridge=recorder.bridge,
                      output_type=output_type, extra=extra)
     return schedule_from(recorder, model, units, dataclasses.asdict(request), scale)
 

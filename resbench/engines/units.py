@@ -10,6 +10,7 @@ that holds them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,37 @@ BLOCK_PATHS: dict[str, tuple[str, ...]] = {
                          "decoder.up_blocks"),
     "AutoencoderKL": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
                       "decoder.up_blocks"),
+    # LTX-2
+    "LTX2VideoTransformer3DModel": ("transformer_blocks",),
+    "Gemma3ForConditionalGeneration": ("model.language_model.layers",),  # vision tower: rest
+    "LTX2TextConnectors": ("video_connector.transformer_blocks",
+                           "audio_connector.transformer_blocks"),
+    "AutoencoderKLLTX2Video": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
+                               "decoder.up_blocks"),
+    "AutoencoderKLLTX2Audio": (),  # 53M parameters in all: one unit
+    "LTX2Vocoder": ("resnets",),
+    "LTX2LatentUpsamplerModel": ("res_blocks", "post_upsample_res_blocks"),
+    # FLUX.2-dev
+    "Flux2Transformer2DModel": ("transformer_blocks", "single_transformer_blocks"),
+    "Mistral3ForConditionalGeneration": ("model.language_model.layers",),  # vision: rest
+    "AutoencoderKLFlux2": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
+                           "decoder.up_blocks"),
+    # Qwen-Image
+    "QwenImageTransformer2DModel": ("transformer_blocks",),
+    "Qwen2_5_VLForConditionalGeneration": ("model.language_model.layers",),  # vision: rest
+    "AutoencoderKLQwenImage": ("encoder.down_blocks", "encoder.mid_block", "decoder.mid_block",
+                               "decoder.up_blocks"),
+}
+
+
+#: Tensors of a component (attributes of its root module) that the pipeline reads itself,
+#: outside the component's calls (LTX-2 normalizes latents with its VAEs' statistics before
+#: and after denoising). They belong to no unit: the manager never moves them, so they are
+#: where the component was put (a few hundred bytes).
+PIPELINE_READ: dict[str, tuple[str, ...]] = {
+    "AutoencoderKLLTX2Video": ("latents_mean", "latents_std"),
+    "AutoencoderKLLTX2Audio": ("latents_mean", "latents_std"),
+    "AutoencoderKLFlux2": ("bn.running_mean", "bn.running_var"),  # FLUX.2 un-normalizes
 }
 
 
@@ -74,8 +106,11 @@ def blocks(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def component_units(component: str, module: nn.Module) -> list[Unit]:
-    """The residency units of one component, blocks in order then `rest` (works on meta)."""
-    seen: set[int] = set()
+    """The residency units of one component, blocks in order then `rest` (works on meta).
+    Tensors in `PIPELINE_READ` are in none."""
+    seen: set[int] = {id(functools.reduce(getattr, attr.split("."), module))
+                      for cls in type(module).__mro__
+                      for attr in PIPELINE_READ.get(cls.__name__, ())}
 
     def collect(mods: list[nn.Module]) -> tuple[list[nn.Module], list[TensorSlot], int, int]:
         owners: list[nn.Module] = []
@@ -107,9 +142,9 @@ def component_units(component: str, module: nn.Module) -> list[Unit]:
 
 
 def residency_units(pipe: object) -> dict[str, list[Unit]]:
-    """Per component of a diffusers pipeline (every `nn.Module` in `pipe.components`), its
-    ordered residency units."""
-    components = getattr(pipe, "components", None)
+    """Per component of a diffusers pipeline (every `nn.Module` in `pipe.components`), or
+    of a mapping of components, its ordered residency units."""
+    components = pipe if isinstance(pipe, dict) else getattr(pipe, "components", None)
     if not isinstance(components, dict):
         raise InputError(f"{type(pipe).__name__} is not a diffusers pipeline (no `components`)")
     return {name: component_units(name, module) for name, module in components.items()

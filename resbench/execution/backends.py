@@ -72,6 +72,7 @@ class Backend(ABC):
         the timed run (a `torch.profiler.profile`, say). Raises `DoesNotFitError` /
         `DeviceOOMError` when the plan does not fit."""
         warm = self.warmup_default if warmup is None else warmup
+        self.prepare()  # outside the budget: what it builds is not the plan's to pay for
         with self.budget(budget_bytes):
             if warm:
                 self.run_once(plan, budget_bytes, trace=False, keep_output=False)
@@ -82,6 +83,9 @@ class Backend(ABC):
     def budget(self, budget_bytes: int | None) -> Iterator[None]:
         """Enforce `budget_bytes` for the runs inside (a ledger does it by itself elsewhere)."""
         yield
+
+    def prepare(self) -> None:  # noqa: B027 - most backends build nothing up front
+        """Build what every run shares (the GPU's host weights), before any budget applies."""
 
     @abstractmethod
     def run_once(self, plan: Plan, budget_bytes: int | None, *, trace: bool,
@@ -191,6 +195,11 @@ class CudaBackend(Backend):
         if self._weights is None:
             self._weights = self.engine.cuda_weights(seed=self.seed)
         return self._weights
+
+    def prepare(self) -> None:
+        # The weights are drawn on the card before they are pinned on the host: under a
+        # budget's memory fraction, a model larger than the budget could not be built.
+        _ = self.weights
 
     @contextlib.contextmanager
     def budget(self, budget_bytes: int | None) -> Iterator[None]:

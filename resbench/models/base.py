@@ -286,7 +286,10 @@ def build_component(spec: ComponentSpec, scale: float = 1.0) -> nn.Module:
     """
     with torch.device("meta"):
         module = spec.build(scale)
-    module = module.to(spec.dtype).eval().requires_grad_(False)
+    # A module built in its dtype already (the diffusers engine's) is not cast again.
+    if any(p.dtype != spec.dtype for p in module.parameters() if p.is_floating_point()):
+        module = module.to(spec.dtype)
+    module = module.eval().requires_grad_(False)
     setattr(module, COMPONENT_ATTR, spec.name)
     return module
 

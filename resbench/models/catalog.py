@@ -5,13 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from resbench.models.base import build_component, count_params, unit_infos
-from resbench.models.registry import all_models, get_model
+from resbench.models.registry import get_model, listed_models
 
 
 def models_frame() -> pd.DataFrame:
-    """One row per model: name, aliases, components, parameters, weight GB (bf16 unless noted)."""
+    """One row per model (the zoo's, then those only the diffusers engine runs): name, aliases,
+    components, parameters vs published, weight GB (bf16 unless noted)."""
     rows = []
-    for spec in all_models():
+    for spec in listed_models():
         params = 0
         nbytes = 0
         checked = 0  # params of the components that have a published count
@@ -44,9 +45,11 @@ def components_frame(name: str) -> pd.DataFrame:
         n = count_params(module)
         blocks = [u for u in units if u.block_index >= 0]
         rest = units[-1]
+        published = comp.published_params
         rows.append({
             "component": comp.name, "kind": comp.kind, "dtype": str(comp.dtype).removeprefix("torch."),
-            "params": n, "published_params": comp.published_params,
+            "params": n, "published_params": published,
+            "params_err_pct": round(100 * (n - published) / published, 3) if published else None,
             "blocks": len(blocks),
             "block_mb": round(max((u.weight_bytes for u in blocks), default=0) / 1e6, 1),
             "rest_mb": round(rest.weight_bytes / 1e6, 1),

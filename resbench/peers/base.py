@@ -60,7 +60,8 @@ class PeerMode(abc.ABC):
 
     def available(self, device: torch.device) -> str | None:
         """Why the mode cannot run on `device` here, or None."""
-        for package in ("diffusers", self.library):
+        # diffusers' group offloading also needs accelerate (its `send_to_device`)
+        for package in ("diffusers", "accelerate"):
             if importlib.util.find_spec(package) is None:
                 return f"{package} is not installed"
         return None

@@ -104,3 +104,16 @@ def test_every_worker_shares_the_storage_with_its_own_seed(tmp_path: Path) -> No
     assert all(c[c.index("--storage") + 1] == "s.log" and c[-2:] == ["--height", "480"]
                for c in cmds)
     assert len({c[c.index("--out") + 1] for c in cmds}) == 3
+
+
+def test_lost_counts_only_this_runs_workers_when_trials_name_their_worker() -> None:
+    study = optuna.create_study(study_name="w")
+    for worker in ("a:1", "a:2", "b:9"):  # b:9: another host's worker on the same study
+        trial = _trial("static", 1.0)
+        trial.set_user_attr("worker", worker)
+        study.add_trial(trial)
+    check = check_study(study, workers={"a:1", "a:2"})
+    assert (check.added, check.added_by_workers) == (3, 2)
+    summary = _summary((1, 1), 3)
+    assert RunSummary(**{**{f: getattr(summary, f) for f in summary.__slots__},
+                         "study": check}).lost == 0

@@ -188,6 +188,10 @@ CASES = [
      "'some' is not one of 'auto', 'all', 'ends'"),
     ("export-schedule-damaged", ["export", "trace", "{work}/torn-schedule", "-o", "{tmp}/t.json"],
      2, "schedule.json.gz: damaged or truncated"),
+    # export sglang / diffusers
+    ("export-sglang-no-plan", ["export", "sglang", "nope"], 2, "neither a file nor a preset"),
+    ("export-diffusers-budget", ["export", "diffusers", "all-resident", "--budget", "lots"], 2,
+     "--budget"),
     # calibrate
     ("calibrate-out-is-a-folder", ["calibrate", "--out", "{work}/adir"], 2, "is a directory"),
     ("calibrate-out-unwritable", ["calibrate", "--out", "{ro}/card.toml"], 2,

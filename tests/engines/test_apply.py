@@ -242,3 +242,32 @@ def test_the_readme_lines_apply_a_shipped_tuned_plan() -> None:
     assert torch.equal(generate(pipe, WAN_CALL), reference)
     assert "plan 'wan2.2-t2v-a14b/h100-80g-calibrated/48GB/tuned' (policy dynamic)" in repr(handle)
     handle.remove()
+
+
+def test_every_request_fits_the_budget_the_first_one_fits() -> None:
+    """Regression (H200, FLUX.1-dev 1024² at 16 GB): a plan whose one request fits ran out
+    of memory in the second. The transformer's resident blocks, loaded at its first use,
+    stayed on the device after the request, so the next request's text encoders met them;
+    the simulator, which scores one request, never saw that. Each request now starts from
+    the device as setup left it, so each repeats the first's memory and decisions."""
+    plan = Plan(name="resident-blocks", components=(
+        ("text_encoder", OffloadConfig()), ("text_encoder_2", OffloadConfig()),
+        ("transformer", LayerwiseConfig(resident_blocks=2, prefetch_depth=1)),
+        ("vae", OffloadConfig())))
+    # as in FLUX.1-dev, the T5 encoder outweighs the DiT blocks that stream at once
+    big_t5 = {**FLUX_TINY, "text_encoder_2": {**FLUX_TINY["text_encoder_2"], "d_ff": 2048}}
+    pipe = build_pipeline(FLUX, overrides=big_t5, device="cpu", dtype=torch.float32)
+    pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
+    reference = generate(pipe, FLUX_CALL)
+    handle = resbench.apply_plan(pipe, plan, device="cpu")
+    assert torch.equal(generate(pipe, FLUX_CALL), reference)
+    device = handle.session.placement.device
+    first_peak = device.peak_bytes()
+    handle.remove()
+
+    # the budget the first request needed, and not a byte more: the second must fit too
+    handle = resbench.apply_plan(pipe, plan, device="cpu", budget_bytes=first_peak)
+    for _ in range(3):
+        assert torch.equal(generate(pipe, FLUX_CALL), reference)
+    assert handle.session.placement.device.peak_bytes() == first_peak
+    handle.remove()

@@ -5,11 +5,12 @@ import pytest
 from resbench.engines.base import ENGINES, default_engine, make_engine, resolve_engine
 from resbench.engines.catalog import ENGINE_MODELS
 from resbench.errors import InputError
-from resbench.models import all_models, get_model
+from resbench.models import get_model
+from resbench.models.registry import listed_models
 
 
 def test_diffusers_by_default_for_the_models_it_implements():
-    defaults = {spec.name: default_engine(spec) for spec in all_models()}
+    defaults = {spec.name: default_engine(spec) for spec in listed_models()}
     assert {m for m, e in defaults.items() if e == "diffusers"} == set(ENGINE_MODELS)
     assert defaults["wan2.1-t2v-1.3b"] == "zoo"
     assert default_engine("wan2.2") == "diffusers"  # aliases resolve first

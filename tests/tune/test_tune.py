@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 from pathlib import Path
@@ -267,3 +268,29 @@ def test_a_gpu_tune_that_fails_midway_still_gives_the_weights_back(
     with pytest.raises(RuntimeError, match="the search broke"):
         tune(make_options(tmp_path, n_trials=3, device="cuda"), schedule=schedule)
     assert closed == [True]
+
+
+def test_gpu_weights_are_built_before_any_budget_applies(
+        tmp_path: Path, schedule: Schedule, fake_gpu: type[FakeGpu],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (2 x H200, `tune --device cuda --budget 16GB` with no presets): the CUDA
+    backend drew its weights on the card at its first run, inside that run's memory
+    fraction, so a model larger than the budget (FLUX.1-dev's 23.8 GB transformer under
+    16 GB) could not even be built and every worker ended with an internal error."""
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def budget(self, budget_bytes):
+        events.append("budget on" if budget_bytes is not None else "whole card")
+        yield
+        events.append("budget off")
+
+    monkeypatch.setattr(FakeGpu, "budget", budget, raising=False)
+    monkeypatch.setattr(FakeGpu, "prepare", lambda self: events.append("prepare"),
+                        raising=False)
+    tune(make_options(tmp_path, n_trials=2, device="cuda"), schedule=schedule)
+    assert events and events[0] == "prepare"
+    depth = 0
+    for e in events:
+        depth += {"budget on": 1, "whole card": 1, "budget off": -1}.get(e, 0)
+        assert e != "prepare" or depth == 0

@@ -13,6 +13,7 @@ from tune_setup import MODEL, REQUEST_ARGS, TINY_SWEEP
 from resbench.cli import cli, main
 from resbench.cli.tune_cmd import TuneProgress
 from resbench.cli.tune_cmd import command as tune_command
+from resbench.tune.trial_log import read_trial_log
 
 TINY = ["tune", "--model", MODEL, "--scale", "0.05", *REQUEST_ARGS, "--sweep", str(TINY_SWEEP),
         "--hardware", "h100-80g", "--seed", "0", "--no-report"]
@@ -107,6 +108,10 @@ def test_json_run_writes_the_plan_and_a_rerun_resumes(capsys: pytest.CaptureFixt
                                  "__tiny-sweep")
     assert doc["best"]["latency_s"] > 0 and doc["result"] == "simulated"
     assert "budget 60.00 MB = 57.22 MiB = 60,000,000 B" in err
+    # one line per trial this worker finished (no progress bar in a log): the worker's record
+    logged = read_trial_log(err)
+    assert sorted(r.number for r in logged) == list(range(6))
+    assert all(r.state == "COMPLETE" and r.plan and r.worker for r in logged)
     assert out_path.read_text().startswith("# Tuned by `resbench tune`")
     code, out, _ = run(capsys, *args[:-1], "--n-trials", "4", "--json")
     assert code == 0 and json.loads(out)["trials_total"] == 10

@@ -138,6 +138,18 @@ class LayerwiseStrategy(Strategy):
         if self.slots:
             self.ctx.free_pool(self.pool)
 
+    def request_end(self) -> None:
+        """Also take the resident blocks off: they came in with this request's first use,
+        and each request starts from the device as setup left it. Kept over requests, they
+        would meet the next request's earlier components, a peak the one-request schedule
+        (and so the simulator) never has."""
+        super().request_end()
+        if self.resident_loaded:
+            for u in self.resident_units:
+                self.pending.pop(u.name, None)
+                self.ctx.drop((self.component, u.name), "end")
+            self.resident_loaded = False
+
     def device_bytes(self) -> int:
         rest = sum(u.weight_bytes for u in self.rest)
         fixed = sum(u.weight_bytes for u in self.resident_units)

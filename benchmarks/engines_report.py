@@ -1,0 +1,192 @@
+"""The markdown report of `benchmarks/engines.py`: one table per cell and budget, then the
+issue's goals, each with its figure.
+
+    PYTHONPATH=. python benchmarks/engines_report.py OUTDIR/cells.json [-o report.md]
+
+Goals (issue 13):
+
+* where transfer matters: tuned ÷ the best peer mode that fits the same budget ≤ 0.80;
+* every cell: tuned ÷ the physical lower bound ≤ 1.10 (lower bound: max(compute on the whole
+  card, DiT forwards × DiT bytes that do not fit beside the activations ÷ pinned H2D rate));
+* pinned host memory ≤ 1.05 × the bytes of the host copies the plan keeps;
+* the host-limited cell: the tuned plan fits the host budget and beats every peer that fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+GB = 1e9
+TRANSFER_GOAL = 0.80
+BOUND_GOAL = 1.10
+PINNED_GOAL = 1.05
+
+
+def load(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    doc = json.loads((path / "cells.json" if path.is_dir() else path).read_text())
+    return pd.DataFrame(doc["rows"]), doc.get("environment", {})
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def _gb(value: Any) -> str:
+    v = _num(value)
+    return "" if math.isnan(v) else f"{v / GB:.1f}"
+
+
+def _s(value: Any) -> str:
+    v = _num(value)
+    return "" if math.isnan(v) else f"{v:.2f}"
+
+
+def cell_table(rows: pd.DataFrame) -> list[str]:
+    head = ("| row | kind | status | latency s | ÷ bound | first call s | setup s | peak alloc GB "
+            "| peak reserved GB | RSS peak GB | pinned GB | measured at | note |")
+    out = [head, "|" + "---|" * 13]
+    for _, r in rows.iterrows():
+        lat, bound = _num(r.get("latency_s")), _num(r.get("lower_bound_s"))
+        ratio = f"{lat / bound:.2f}" if lat == lat and bound == bound and bound > 0 else ""
+        reason = r.get("reason")
+        note = "" if not isinstance(reason, str) else reason[:90].replace("|", "/")
+        measured = r.get("measured_at")
+        out.append(f"| {r['row']} | {r.get('kind', '')} | {r.get('status', '')} | {_s(lat)} | "
+                   f"{ratio} | {_s(r.get('first_call_s'))} | {_s(r.get('setup_s'))} | "
+                   f"{_gb(r.get('peak_allocated_bytes'))} | {_gb(r.get('peak_reserved_bytes'))} | "
+                   f"{_gb(r.get('rss_peak_bytes'))} | {_gb(r.get('pinned_bytes'))} | "
+                   f"{'' if measured is None or measured != measured else measured} | {note} |")
+    return out
+
+
+def goals(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, budget): the goals' figures and whether each is met."""
+    out = []
+    for (cell, budget), rows in frame[frame["row"] != "*"].groupby(["cell", "budget_gb"],
+                                                                     sort=False):
+        if budget == "card":
+            continue
+        ok = rows[rows["status"] == "ok"]
+        tuned = ok[ok["row"].isin(["resbench-tuned", "resbench-tuned-host"])]
+        peers = ok[(ok["kind"] == "peer")]
+        t = float(tuned["latency_s"].min()) if len(tuned) else math.nan
+        best = peers.loc[peers["latency_s"].idxmin()] if len(peers) else None
+        bound = _num(rows["lower_bound_s"].dropna().iloc[0]) if "lower_bound_s" in rows and \
+            rows["lower_bound_s"].notna().any() else math.nan
+        pinned = plan_host = math.nan
+        if len(tuned):
+            tr = tuned.iloc[0]
+            pinned, plan_host = _num(tr.get("pinned_bytes")), _num(tr.get("plan_host_bytes"))
+        out.append({
+            "cell": cell, "budget_gb": budget, "tuned_s": t,
+            "best_peer": None if best is None else best["row"],
+            "best_peer_s": math.nan if best is None else float(best["latency_s"]),
+            "tuned_over_best_peer": t / float(best["latency_s"]) if best is not None else math.nan,
+            "lower_bound_s": bound, "tuned_over_bound": t / bound if bound == bound else math.nan,
+            "pinned_bytes": pinned, "plan_host_bytes": plan_host,
+            "pinned_over_plan_host": pinned / plan_host if plan_host and plan_host == plan_host
+            else math.nan,
+        })
+    return pd.DataFrame(out)
+
+
+def verdict(value: float, limit: float) -> str:
+    if value != value:
+        return "no figure (a row is missing)"
+    return f"{value:.2f} ({'met' if value <= limit else 'missed'}, goal ≤ {limit:.2f})"
+
+
+def render(frame: pd.DataFrame, env: dict[str, Any]) -> str:
+    lines = ["# resbench against diffusers / accelerate offload modes", "",
+             f"Command: `{' '.join(env.get('argv', []))}`; card: {env.get('card', env.get('device'))}; "
+             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, accelerate "
+             f"{env.get('accelerate')}, transformers {env.get('transformers')}; date "
+             f"{env.get('date')}; wall {env.get('wall_s')} s (limit {env.get('limit_s')} s); "
+             f"build s {env.get('build_s')}.", "",
+             "Latency: median of 3 timed calls after one warm-up (slow modes: one unwarmed call, "
+             "`runs` in the JSON). `measured at`: a row answered by the measurement at another "
+             "budget (a peer mode does not change with the budget) or, for the host-limited "
+             "cell, by the 16 GB row read against the host budget.", ""]
+    real = frame[frame["row"] != "*"]
+    for (cell, budget), rows in real.groupby(["cell", "budget_gb"], sort=False):
+        lines += [f"## {cell}, budget {budget} GB" if budget != "card" else f"## {cell}, whole card",
+                  ""] + cell_table(rows) + [""]
+    g = goals(real)
+    lines += ["## Goals", ""]
+    lines += ["| cell | budget GB | tuned s | best fitting peer | its s | tuned ÷ peer (≤ 0.80) "
+              "| lower bound s | tuned ÷ bound (≤ 1.10) | pinned ÷ plan host bytes (≤ 1.05) |",
+              "|" + "---|" * 9]
+    for _, r in g.iterrows():
+        lines.append(f"| {r['cell']} | {r['budget_gb']} | {_s(r['tuned_s'])} | "
+                     f"{r['best_peer'] or ''} | {_s(r['best_peer_s'])} | "
+                     f"{verdict(r['tuned_over_best_peer'], TRANSFER_GOAL)} | "
+                     f"{_s(r['lower_bound_s'])} | {verdict(r['tuned_over_bound'], BOUND_GOAL)} | "
+                     f"{verdict(r['pinned_over_plan_host'], PINNED_GOAL)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Path]:
+    """Each profile in `profiles.tar.gz` as a run folder under `out` (`resbench compare`
+    reads them), with its row's budget, pinned bytes and peak from the cells."""
+    import gzip
+    import tarfile
+
+    from resbench.models.registry import get_model
+    from resbench.peers.profile import save_profile_run
+
+    runs = []
+    with tarfile.open(tar_path) as tar:
+        for member in tar.getmembers():
+            events = json.loads(gzip.decompress(tar.extractfile(member).read()))  # type: ignore[union-attr]
+            name = member.name.removesuffix(".json.gz")
+            cell, budget, row = name.split("_", 2)
+            match = frame[(frame["cell"] == cell) & (frame["row"] == row)
+                          & (frame["budget_gb"].astype(str) + "GB" == budget)]
+            r = match.iloc[0] if len(match) else pd.Series(dtype=object)
+            model = str(r.get("model", "flux.1-dev"))
+            kinds = {c.name: c.kind for c in get_model(model).components}
+            runs.append(save_profile_run(
+                out / name, events["traceEvents"], name=name, model=model,
+                request={"cell": cell}, description=str(r.get("mode") or row), kinds=kinds,
+                budget_bytes=int(r["budget_bytes"]) if _num(r.get("budget_bytes")) == _num(
+                    r.get("budget_bytes")) else None,
+                pinned_host_bytes=int(_num(r.get("pinned_bytes")) or 0)
+                if _num(r.get("pinned_bytes")) == _num(r.get("pinned_bytes")) else 0,
+                force=True))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cells", type=Path, help="cells.json (or the folder holding it)")
+    ap.add_argument("-o", "--out", type=Path, default=None)
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="also convert the folder's profiles.tar.gz into run folders here")
+    args = ap.parse_args(argv)
+    frame, env = load(args.cells)
+    if args.runs is not None:
+        folder = args.cells if args.cells.is_dir() else args.cells.parent
+        for run in profiles_to_runs(folder / "profiles.tar.gz", args.runs, frame):
+            print(f"run: {run}", file=sys.stderr)
+    text = render(frame, env)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
