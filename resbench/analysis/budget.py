@@ -17,15 +17,19 @@ from resbench.drivers.replay import simulate
 from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
 from resbench.residency.plan import Plan
-from resbench.residency.strategies import LayerwiseConfig
+from resbench.residency.strategies import LayerwiseConfig, OffloadConfig
 from resbench.schedule import Schedule
 from resbench.trace import Tracer
 
 _UNBOUNDED_BYTES = 2**60
 
-def frugal_plan() -> Plan:
-    """Every block streamed alone, nothing ahead: the least memory a plan can run in."""
-    return Plan(name="frugal", components=(("default", LayerwiseConfig(group_size=1, prefetch_depth=0)),))
+def frugal_plan(schedule: Schedule | None = None) -> Plan:
+    """Every block streamed alone, nothing ahead: the least memory a plan can run in. A
+    component the schedule merges an adapter into cannot be streamed: it is offloaded whole,
+    brought in only for its use."""
+    merged = tuple((c, OffloadConfig(prefetch=False)) for c in (schedule.merged if schedule else ()))
+    return Plan(name="frugal", components=(
+        ("default", LayerwiseConfig(group_size=1, prefetch_depth=0)), *merged))
 
 
 def needed_budget_bytes(schedule: Schedule, plan: Plan, profile: HardwareProfile, *,
@@ -48,7 +52,8 @@ def min_budget_bytes(schedule: Schedule, profile: HardwareProfile, *,
                      call_times_s: Sequence[float] | None = None) -> int:
     """The smallest budget any plan fits in: what `frugal_plan` needs. `profile` and `tune`
     both quote this figure."""
-    need = needed_budget_bytes(schedule, frugal_plan(), profile, call_times_s=call_times_s)
+    need = needed_budget_bytes(schedule, frugal_plan(schedule), profile,
+                               call_times_s=call_times_s)
     assert need is not None, "the frugal plan runs without a budget"
     return need
 

@@ -19,6 +19,7 @@ from resbench.engines.build import (
     pipeline_configs,
 )
 from resbench.engines.catalog import ENGINE_MODELS, get_engine_model
+from resbench.engines.lora import with_refine_merge
 from resbench.engines.pipeline import DiffusersPipeline
 from resbench.engines.record import record_pipeline
 from resbench.engines.units import component_units
@@ -50,6 +51,12 @@ class DiffusersEngine(Engine):
         pipe = assemble(self.model, build_components(self.model, self.configs, dtype=dtype),
                         self.configs)
         return record_pipeline(pipe, self.model, request, scale=self.scale)
+
+    def merged_refine(self, schedule: Schedule) -> Schedule:
+        if self.model.refine is None:
+            return schedule
+        pipe = assemble(self.model, build_components(self.model, self.configs), self.configs)
+        return with_refine_merge(schedule, pipe, self.model)
 
     def components(self, device: torch.device | str, *, dtype: torch.dtype | None = None,
                    seed: int = 0) -> dict[str, nn.Module]:

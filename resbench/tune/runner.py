@@ -185,6 +185,10 @@ def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[st
     if schedule is None:
         log(f"recording the schedule of {spec.name} at {_request_text(request)}")
         schedule = engine.record(request)
+        if options.device == "sim" and not options.validate:
+            # A merged LoRA's copy (LTX-2's stage 2) is the simulator's to plan: the real
+            # diffusers run of that stage merges none yet (`Engine.merged_refine`).
+            schedule = engine.merged_refine(schedule)
     space = sweep.bind(schedule)
     gpu = (cleanup.enter_context(closing(make_backend(
         "cuda", spec, request, profile=profile, scale=options.scale, schedule=schedule,
@@ -340,7 +344,8 @@ def _request_text(r: Request) -> str:
 
 def _baselines(folder: Path | None, space: SearchSpace, evaluator: Evaluator,
                spec: ModelSpec) -> list[Baseline]:
-    kinds: dict[str, str] = {c.name: c.kind for c in spec.components}
+    # the schedule's kinds too: it may hold a component the spec lacks (a merged LoRA copy)
+    kinds: dict[str, str] = {c.name: c.kind for c in spec.components} | evaluator.schedule.kinds
     out = []
     for plan in load_presets(folder).values():
         try:
