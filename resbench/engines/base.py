@@ -59,8 +59,8 @@ class Engine(ABC):
         """The schedule of `request`, recorded on meta. `dtype` as in `components`: unit
         bytes follow it, so it must be the dtype of the run the schedule drives."""
 
-    def merged_refine(self, schedule: Schedule) -> Schedule:
-        """`schedule` with a second stage that reruns a DiT with a LoRA merged (LTX-2) moved
+    def merged_refine(self, schedule: Schedule, *, dtype: torch.dtype | None = None) -> Schedule:
+        """`schedule` (recorded with `dtype`, as in `record`) with a second stage that reruns a DiT with a LoRA merged (LTX-2) moved
         onto a merged copy of the DiT, so a plan can choose how that copy lives; unchanged
         for models without one. For the simulator only: real runs follow `record`."""
         return schedule

@@ -52,10 +52,11 @@ class DiffusersEngine(Engine):
                         self.configs)
         return record_pipeline(pipe, self.model, request, scale=self.scale)
 
-    def merged_refine(self, schedule: Schedule) -> Schedule:
+    def merged_refine(self, schedule: Schedule, *, dtype: torch.dtype | None = None) -> Schedule:
         if self.model.refine is None:
             return schedule
-        pipe = assemble(self.model, build_components(self.model, self.configs), self.configs)
+        pipe = assemble(self.model, build_components(self.model, self.configs, dtype=dtype),
+                        self.configs)
         return with_refine_merge(schedule, pipe, self.model)
 
     def components(self, device: torch.device | str, *, dtype: torch.dtype | None = None,
