@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import test_seed_models as seed  # the module pytest imported: its recorded schedules are shared
 import torch
 
-import tests.engines.test_seed_models as seed
 from resbench.drivers.replay import simulate
 from resbench.engines.lora import adapted_linears
 from resbench.errors import InputError
