@@ -10,12 +10,13 @@ For each `--storage` (a PostgreSQL server started here for the run from a carrie
 1. **all GPUs**: one worker per GPU (`CUDA_VISIBLE_DEVICES=i`, never two on one GPU), the same
    model, request, budget and host budget, for `--window-s` seconds; then the second worker
    is killed with SIGKILL in the middle of a trial, and the survivor goes on. The trial the
-   kill left RUNNING must end FAIL: on PostgreSQL and SQLite by optuna's heartbeat (the
-   survivor fails stale trials before each new trial; `resbench tune` opens RDB storages
-   with a 20 s heartbeat and a 120 s grace, `resbench.tune.liveness`), after which the
-   launcher stops the survivor as Ctrl-C would (SIGINT: its trial in flight FAIL, exit 130);
-   on a journal file, which has no heartbeat in optuna 5, by the survivor's own sweep when
-   it ends (the killed worker's pid is gone from this host);
+   kill left RUNNING must end FAIL, and the kill test records when and by what: the
+   survivor's sweep (`resbench.tune.liveness`: the killed worker's pid is gone from this
+   host; every 20 s while it runs, and when it ends) or, on PostgreSQL and SQLite, optuna's
+   heartbeat (20 s beats, 120 s grace: what ends it for a worker on another host). On an
+   RDB storage the launcher then stops the survivor as Ctrl-C would (SIGINT: its trial in
+   flight FAIL, exit 130); on a journal file (no heartbeat in optuna 5) the survivor searches
+   `--journal-wait-s` more;
 2. **one GPU**: one worker on the first GPU, searching for `--window-s` seconds.
 
 Each worker starts without the shipped presets (`--presets` names an empty folder): with

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from resbench.errors import DoesNotFitError
-from resbench.peers import remove_hooks, to_pageable_cpu
+from resbench.peers import WeightSnapshot, remove_hooks, to_pageable_cpu
 
 T0 = time.perf_counter()
 """Process start (near enough): the time limit counts from here, imports included."""
@@ -152,8 +152,11 @@ class Bench:
     def run_row(self, pipe: Any, cell: Any, budget_bytes: int | None, name: str, kind: str,
                 mode: Any, predicted_call_s: float, predicted_setup_s: float,
                 deadline_s: float | None = None, profile: bool = False,
+                snapshot: bool = False,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Apply `mode`, warm up, time, remove; one row (also on no-fit or error)."""
+        """Apply `mode`, warm up, time, remove; one row (also on no-fit or error).
+        `snapshot`: keep the pipeline's own tensors while the mode runs and rebind them after
+        (a peer mode; no copy back, at the cost of holding them during the row)."""
         base = {"cell": cell.key, "model": cell.model,
                 "budget_gb": round(budget_bytes / GB, 1) if budget_bytes else "card",
                 "budget_bytes": budget_bytes, "row": name, "kind": kind,
@@ -174,6 +177,7 @@ class Bench:
         applied = False
         # a row that runs far past its cell's deadline is cut, so the next cell keeps its time
         signal.alarm(max(1, int(min(self.left_s(), self.left_s(deadline_s) + 30))))
+        snap = WeightSnapshot(pipe) if snapshot else None
         try:
             with budget(self.device, budget_bytes):
                 t0 = time.perf_counter()
@@ -213,11 +217,15 @@ class Bench:
             row.update(self.memory_fields(mode))
             if applied or row.get("status") != "ok":
                 try:
-                    mode.remove(pipe)
+                    if snap is not None:
+                        mode.remove(pipe, snap)
+                    else:
+                        mode.remove(pipe)
                 except Exception as exc:  # noqa: BLE001
                     row["remove_error"] = one_line(exc)
                     remove_hooks(pipe)
                     to_pageable_cpu(pipe)
+            snap = None
             free_everything()
         return row
 

@@ -88,9 +88,13 @@ def goals(frame: pd.DataFrame) -> pd.DataFrame:
         if len(tuned):
             tr = tuned.iloc[0]
             pinned, plan_host = _num(tr.get("pinned_bytes")), _num(tr.get("plan_host_bytes"))
+            if plan_host != plan_host:  # not recorded: apply_plan's host copies hold every weight once
+                plan_host = _num(tr.get("weights_bytes"))
+        unmeasured = int(((rows["kind"] == "peer") & rows["status"].isin(["skipped", "cut"])).sum())
         out.append({
             "cell": cell, "budget_gb": budget, "tuned_s": t,
-            "best_peer": None if best is None else best["row"],
+            "best_peer": best["row"] if best is not None else (
+                f"none measured fits ({unmeasured} peer rows not run)" if unmeasured else "none fits"),
             "best_peer_s": math.nan if best is None else float(best["latency_s"]),
             "tuned_over_best_peer": t / float(best["latency_s"]) if best is not None else math.nan,
             "lower_bound_s": bound, "tuned_over_bound": t / bound if bound == bound else math.nan,
@@ -129,7 +133,8 @@ def render(frame: pd.DataFrame, env: dict[str, Any]) -> str:
               "|" + "---|" * 9]
     for _, r in g.iterrows():
         lines.append(f"| {r['cell']} | {r['budget_gb']} | {_s(r['tuned_s'])} | "
-                     f"{r['best_peer'] or ''} | {_s(r['best_peer_s'])} | "
+                     f"{r['best_peer']} | "
+                     f"{_s(r['best_peer_s'])} | "
                      f"{verdict(r['tuned_over_best_peer'], TRANSFER_GOAL)} | "
                      f"{_s(r['lower_bound_s'])} | {verdict(r['tuned_over_bound'], BOUND_GOAL)} | "
                      f"{verdict(r['pinned_over_plan_host'], PINNED_GOAL)} |")

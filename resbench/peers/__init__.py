@@ -9,7 +9,14 @@ into resbench trace events.
 from __future__ import annotations
 
 from resbench.peers.accelerate_modes import DispatchBlocks
-from resbench.peers.base import LinkRates, PeerMode, RequestBytes, remove_hooks, to_pageable_cpu
+from resbench.peers.base import (
+    LinkRates,
+    PeerMode,
+    RequestBytes,
+    WeightSnapshot,
+    remove_hooks,
+    to_pageable_cpu,
+)
 from resbench.peers.diffusers_modes import (
     GroupOffload,
     GroupOffloadConfig,
@@ -17,8 +24,8 @@ from resbench.peers.diffusers_modes import (
     SequentialOffload,
 )
 
-__all__ = ["PEERS", "LinkRates", "PeerMode", "RequestBytes", "get_peer", "remove_hooks",
-           "to_pageable_cpu"]
+__all__ = ["PEERS", "LinkRates", "PeerMode", "RequestBytes", "WeightSnapshot", "get_peer",
+           "remove_hooks", "to_pageable_cpu"]
 
 
 def _group(name: str, offload_type: str, use_stream: bool, low: bool = False) -> GroupOffload:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from resbench.engines.units import block_paths
-from resbench.peers.base import LinkRates, PeerMode, RequestBytes, modules_of
+from resbench.peers.base import LinkRates, PeerMode, RequestBytes, WeightSnapshot, modules_of
 
 _HANDLES = "_resbench_peer_handles"
 
@@ -113,11 +113,11 @@ class DispatchBlocks(PeerMode):
             handle = comps[name].register_forward_pre_hook(offload_others)
             setattr(pipe, _HANDLES, [*getattr(pipe, _HANDLES, []), handle])
 
-    def remove(self, pipe: Any) -> None:
+    def remove(self, pipe: Any, snapshot: WeightSnapshot | None = None) -> None:
         for handle in getattr(pipe, _HANDLES, []):
             handle.remove()
         pipe.__dict__.pop(_HANDLES, None)
-        super().remove(pipe)
+        super().remove(pipe, snapshot)
 
     def predict_transfer_s(self, load: RequestBytes, link: LinkRates) -> float:
         # without the module, assume half of each DiT streams

@@ -70,9 +70,12 @@ class PeerMode(abc.ABC):
     def apply(self, pipe: Any, device: torch.device, budget_bytes: int | None) -> None:
         """Install the mode on `pipe` (weights on the CPU), computing on `device`."""
 
-    def remove(self, pipe: Any) -> None:
-        """Take the mode's hooks away; every weight back in pageable CPU memory."""
+    def remove(self, pipe: Any, snapshot: WeightSnapshot | None = None) -> None:
+        """Take the mode's hooks away; every weight back in pageable CPU memory: rebound to
+        `snapshot` (taken before `apply`: no copy), else copied out of wherever it is."""
         remove_hooks(pipe)
+        if snapshot is not None:
+            snapshot.restore()
         to_pageable_cpu(pipe)
 
     @abc.abstractmethod
@@ -81,6 +84,33 @@ class PeerMode(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}: {self.description})"
+
+
+class WeightSnapshot:
+    """Every parameter object and buffer of a pipeline with the tensor it held, taken before
+    a mode applies; `restore()` puts them back without copying. Inference leaves the values
+    unchanged, so this is the pipeline as it was. It keeps the original host tensors alive
+    while the mode runs: host memory holds the weights once more where a mode copies them
+    (pinned copies, a `.to("cpu")` after each use)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.entries: list[tuple[nn.Module, str, bool, torch.Tensor, torch.Tensor]] = []
+        for module in modules_of(pipe).values():
+            for sub in module.modules():
+                for key, p in sub._parameters.items():
+                    if p is not None:
+                        self.entries.append((sub, key, True, p, p.data))
+                for key, b in sub._buffers.items():
+                    if b is not None:
+                        self.entries.append((sub, key, False, b, b))
+
+    def restore(self) -> None:
+        for module, key, is_param, obj, data in self.entries:
+            if is_param:
+                obj.data = data
+                module._parameters[key] = obj  # type: ignore[assignment]
+            else:
+                module._buffers[key] = data
 
 
 def modules_of(pipe: Any) -> dict[str, nn.Module]:

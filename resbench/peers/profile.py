@@ -36,12 +36,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resbench.engines.catalog import STAGE_OF_KIND
+from resbench.engines.roles import DEFAULT_ENTRIES
 from resbench.trace import Tracer
 
 PREFIX = "resbench::"
 SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize",
                         "cudaEventSynchronize", "cudaMemcpy"})
+
+#: The stage of a kind whose calls all go to one stage (VAE ranges are named by method).
+STAGE_OF_KIND = {kind: entries[0][1] for kind, entries in DEFAULT_ENTRIES.items()
+                 if len(entries) == 1}
 
 
 class _Annotations:

@@ -35,7 +35,7 @@ from resbench.resources import load_presets, sweep_path
 from resbench.schedule import Schedule
 from resbench.tune.constraints import check_constraints, study_constraints
 from resbench.tune.interrupts import Interrupts
-from resbench.tune.liveness import StaleTrials, fail_own_trials
+from resbench.tune.liveness import StaleTrials, StaleWatch, fail_own_trials
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator, Objective
 from resbench.tune.result import Baseline, TuneResult, Validation
 from resbench.tune.space import NotRepresentable, SearchSpace
@@ -216,7 +216,7 @@ def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[st
         + (f" (at most {options.timeout_s:g} s)" if options.timeout_s else ""))
     ran: list[int] = []  # trials this call finished (other workers may add theirs)
     try:
-        with interrupts.held(study):
+        with interrupts.held(study), StaleWatch(study, stale):
             study.optimize(objective, n_trials=options.n_trials, timeout=options.timeout_s,
                            callbacks=[lambda _s, t: ran.append(t.number), *callbacks])
         if interrupts.pending:

@@ -3,6 +3,7 @@ pipeline's own output; diffusers' call is printed only for the plan it says exac
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -20,13 +21,14 @@ CALL = {"prompt": "a red fox", "height": 16, "width": 16, "num_inference_steps":
         "output_type": "pt", "return_dict": False}
 
 
-def tiny_flux():
-    pipe = build_pipeline("flux.1-dev", overrides=FLUX_TINY, device="cpu", dtype=torch.float32)
-    pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
-    return pipe
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("flux.1-dev", overrides=FLUX_TINY, device="cpu", dtype=torch.float32)
+    p.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
+    return p
 
 
-def test_the_printed_snippet_runs_the_plan_on_a_pipeline(tmp_path):
+def test_the_printed_snippet_runs_the_plan_on_a_pipeline(tmp_path, pipe):
     plan_file = tmp_path / "plan.toml"
     plan_file.write_text(Plan(name="hand", components=(
         ("transformer", LayerwiseConfig(group_size=2, resident_blocks=1)),
@@ -35,7 +37,6 @@ def test_the_printed_snippet_runs_the_plan_on_a_pipeline(tmp_path):
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "resbench.apply_plan(pipe" in result.output
-    pipe = tiny_flux()
     reference = pipe(**CALL, generator=torch.Generator().manual_seed(0))[0]
     scope = {"pipe": pipe}
     exec(result.output, scope)  # noqa: S102 - the snippet is what the test is about
@@ -47,11 +48,10 @@ def test_the_printed_snippet_runs_the_plan_on_a_pipeline(tmp_path):
     torch.testing.assert_close(out, reference)
 
 
-def test_all_resident_is_diffusers_own_call_and_runs():
+def test_all_resident_is_diffusers_own_call_and_runs(pipe):
     code = diffusers_snippet(resolve_plan("all-resident"), FLUX, plan_ref="all-resident",
                              device="cpu")
     assert "apply_plan" not in code and "pipe.to('cpu')" in code
-    pipe = tiny_flux()
     exec(code, {"pipe": pipe})  # noqa: S102
     assert all(p.device.type == "cpu" for p in pipe.transformer.parameters())
 

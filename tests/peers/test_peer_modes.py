@@ -94,3 +94,28 @@ def test_streaming_modes_cannot_run_on_the_cpu():
     # without accelerate: that is missing; with it: use_stream needs a CUDA device
     assert PEERS["group-block-stream"].available(torch.device("cpu")) is not None
     assert PEERS["group-leaf-stream-lowmem"].available(torch.device("cpu")) is not None
+
+
+def test_a_snapshot_gives_back_the_same_parameter_objects_and_tensors(pipe):
+    from resbench.peers import WeightSnapshot
+
+    layer = pipe.transformer.proj_out
+    weight, data = layer.weight, layer.weight.data
+    snap = WeightSnapshot(pipe)
+    layer.weight.data = torch.zeros_like(data)  # what a mode does: rebind the data...
+    layer._parameters["weight"] = torch.nn.Parameter(torch.ones_like(data))  # ...or the object
+    snap.restore()
+    assert layer.weight is weight and layer.weight.data.data_ptr() == data.data_ptr()
+
+
+def test_remove_with_a_snapshot_rebinds_without_copying(pipe):
+    pytest.importorskip("accelerate")
+    from resbench.peers import WeightSnapshot
+
+    ptrs = {k: p.data_ptr() for k, p in pipe.transformer.named_parameters()}
+    peer = PEERS["accelerate-dispatch"]
+    snap = WeightSnapshot(pipe)
+    peer.apply(pipe, torch.device("cpu"), 10**9)
+    pipe(**CALL, generator=torch.Generator().manual_seed(0))
+    peer.remove(pipe, snap)
+    assert {k: p.data_ptr() for k, p in pipe.transformer.named_parameters()} == ptrs
