@@ -195,4 +195,8 @@ def study_context(study: optuna.Study) -> dict[str, Any]:
                 "host_budget_bytes", "sweep"):
         if key in a:
             out[key] = a[key]
+    constraints = a.get("constraints")
+    if isinstance(constraints, dict):  # the engine and scoring device the trials ran with
+        out["engine"] = constraints.get("engine", "zoo")  # older studies ran the zoo
+        out["device"] = constraints.get("device", "sim")
     return out

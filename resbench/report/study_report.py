@@ -55,14 +55,19 @@ def _budget_curve(study: optuna.Study, ctx: dict[str, Any], best_plan: Any,
         why = CONTEXT_HINT if best_plan is not None else "No feasible trial with a stored plan."
         return Section(id=f"{sid}-budget", title=title, notes=[why]), None
     from resbench.analysis.budget import budget_curve, default_budgets, filled_curve
+    from resbench.engines.base import make_engine
     from resbench.models import get_model
     from resbench.pipeline import Request
-    from resbench.record import record_schedule
     from resbench.resources import load_presets
 
     spec = get_model(ctx["model"])
     request = Request.for_model(spec, **dict(ctx["request"]))
-    schedule = record_schedule(spec, request, scale=float(ctx.get("scale", 1.0)))
+    # the schedule the trials were scored on: the study's engine (the zoo for studies
+    # older than engines), with a merged LoRA's copy where the simulator planned one
+    engine = make_engine(ctx.get("engine", "zoo"), spec, scale=float(ctx.get("scale", 1.0)))
+    schedule = engine.record(request)
+    if ctx.get("device", "sim") == "sim":
+        schedule = engine.merged_refine(schedule)
     profile = study_profile(ctx)
     budgets = default_budgets(schedule, profile)
     budget = ctx.get("budget_bytes")

@@ -152,3 +152,25 @@ def test_committed_example_is_self_contained():
     data = load_report_data(example)
     assert data["runs"][0]["meta"]["model"] == "wan2.2-t2v-a14b"
     assert data["runs"][0]["meta"]["capacity_bytes"] == 48 * 10**9
+
+
+def test_the_budget_curve_resimulates_the_schedule_of_the_studys_engine(tmp_path, monkeypatch):
+    """Regression: the curve re-recorded every study with the zoo, so a diffusers-engine
+    study (the default for FLUX and Wan2.2) was redrawn on another schedule, and a model
+    only the diffusers engine builds (LTX-2) crashed the report."""
+    from resbench.engines.base import make_engine as real_make_engine
+
+    used: list[str | None] = []
+
+    def recording(name, spec, **kw):
+        used.append(name)
+        return real_make_engine("zoo", spec, **kw)
+
+    monkeypatch.setattr("resbench.engines.base.make_engine", recording)
+    storage = f"sqlite:///{tmp_path / 'e.db'}"
+    make_study(storage, "eng", context={
+        "model": "wan2.2", "request": {"height": 64, "width": 64, "frames": 5, "steps": 2},
+        "scale": 0.05, "hardware": "h100-80g", "budget_bytes": 2 * 10**9,
+        "constraints": {"engine": "diffusers", "device": "sim"}})
+    text = build_report([], load_studies(storage))
+    assert "s0-fig-budget" in text and used == ["diffusers"]
