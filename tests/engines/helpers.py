@@ -113,3 +113,15 @@ QWEN_IMAGE_TINY = {
             "temperal_downsample": [False, True], "latents_mean": [0.0] * 4,
             "latents_std": [1.0] * 4},
 }
+
+
+def tiny_flux_pipeline(overrides: dict | None = None):
+    """FLUX.1-dev's diffusers pipeline from the tiny configs, fp32 on the CPU, with tokenizers."""
+    import torch
+
+    from resbench.engines.build import build_pipeline
+
+    pipe = build_pipeline("flux.1-dev", overrides=overrides or FLUX_TINY, device="cpu",
+                          dtype=torch.float32)
+    pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
+    return pipe

@@ -16,7 +16,7 @@ from resbench.engines.units import residency_units
 from resbench.errors import DoesNotFitError, InputError
 from resbench.pipeline import Request
 from resbench.residency import LayerwiseConfig, OffloadConfig, Plan, ResidentConfig
-from tests.engines.helpers import FLUX_TINY, WAN_TINY, word_tokenizer
+from tests.engines.helpers import FLUX_TINY, WAN_TINY, tiny_flux_pipeline, word_tokenizer
 
 WAN, FLUX = "wan2.2-t2v-a14b", "flux.1-dev"
 # 3 steps of the shipped UniPC cross the expert boundary (see test_diffusers_engine.py).
@@ -56,9 +56,7 @@ def wan(dtype: torch.dtype | None = torch.float32) -> Any:
 
 
 def flux() -> Any:
-    pipe = build_pipeline(FLUX, overrides=FLUX_TINY, device="cpu", dtype=torch.float32)
-    pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
-    return pipe
+    return tiny_flux_pipeline()
 
 
 def generate(pipe: Any, call: dict[str, Any], **changes: Any) -> torch.Tensor:
@@ -256,8 +254,7 @@ def test_every_request_fits_the_budget_the_first_one_fits() -> None:
         ("vae", OffloadConfig())))
     # as in FLUX.1-dev, the T5 encoder outweighs the DiT blocks that stream at once
     big_t5 = {**FLUX_TINY, "text_encoder_2": {**FLUX_TINY["text_encoder_2"], "d_ff": 2048}}
-    pipe = build_pipeline(FLUX, overrides=big_t5, device="cpu", dtype=torch.float32)
-    pipe.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
+    pipe = tiny_flux_pipeline(big_t5)
     reference = generate(pipe, FLUX_CALL)
     handle = resbench.apply_plan(pipe, plan, device="cpu")
     assert torch.equal(generate(pipe, FLUX_CALL), reference)

@@ -8,13 +8,12 @@ import torch
 from click.testing import CliRunner
 
 from resbench.cli import cli
-from resbench.engines.build import build_pipeline
 from resbench.export.diffusers_snippet import closest_diffusers_mode, diffusers_snippet
 from resbench.models.registry import get_model
 from resbench.residency.plan import Plan
 from resbench.residency.strategies import LayerwiseConfig, OffloadConfig, ResidentConfig
 from resbench.resources import preset_names, resolve_plan
-from tests.engines.helpers import FLUX_TINY, word_tokenizer
+from tests.engines.helpers import tiny_flux_pipeline
 
 FLUX = {c.name: c.kind for c in get_model("flux.1-dev").components}
 CALL = {"prompt": "a red fox", "height": 16, "width": 16, "num_inference_steps": 1,
@@ -23,9 +22,7 @@ CALL = {"prompt": "a red fox", "height": 16, "width": 16, "num_inference_steps":
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = build_pipeline("flux.1-dev", overrides=FLUX_TINY, device="cpu", dtype=torch.float32)
-    p.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
-    return p
+    return tiny_flux_pipeline()
 
 
 def test_the_printed_snippet_runs_the_plan_on_a_pipeline(tmp_path, pipe):

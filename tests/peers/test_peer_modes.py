@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resbench.engines.build import build_pipeline
 from resbench.peers import PEERS, LinkRates, RequestBytes, get_peer
 from resbench.peers.accelerate_modes import _nbytes, device_map, resident_count
-from tests.engines.helpers import FLUX_TINY, word_tokenizer
+from tests.engines.helpers import tiny_flux_pipeline
 
 CALL = {"prompt": "a red fox", "height": 16, "width": 16, "num_inference_steps": 1,
         "output_type": "pt", "return_dict": False}
@@ -19,9 +18,7 @@ CALL = {"prompt": "a red fox", "height": 16, "width": 16, "num_inference_steps":
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = build_pipeline("flux.1-dev", overrides=FLUX_TINY, device="cpu", dtype=torch.float32)
-    p.register_modules(tokenizer=word_tokenizer(77), tokenizer_2=word_tokenizer())
-    return p
+    return tiny_flux_pipeline()
 
 
 def test_device_map_keeps_the_first_blocks_and_covers_every_tensor(pipe):
