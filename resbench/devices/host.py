@@ -27,6 +27,7 @@ from resbench.models.base import (
     TensorSlot,
     build_component,
     component_of,
+    init_buffers,
     tensor_seed,
     unit_slots,
 )
@@ -216,14 +217,7 @@ def fill_random(module: nn.Module, *, seed: int = 0, component: str | None = Non
             p.fill_(1.0)
         else:
             p.normal_(0.0, 0.02, generator=gen)
-    for mod in module.modules():
-        init = getattr(mod, "_init_buffers", None)
-        if callable(init):
-            init()
-        else:
-            for b in mod.buffers(recurse=False):
-                if b is not None:
-                    b.zero_()
+    init_buffers(module)
     return module
 
 

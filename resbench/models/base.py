@@ -177,6 +177,13 @@ def materialize(
         else:
             values = torch.randn(p.shape, generator=gen) * 0.02
         p.copy_(values.to(p.dtype))
+    init_buffers(module)
+    return module
+
+
+def init_buffers(module: nn.Module) -> None:
+    """Each submodule's buffers as its `_init_buffers` makes them, else zeros (meta ones
+    are left alone)."""
     for mod in module.modules():
         init = getattr(mod, "_init_buffers", None)
         if callable(init):
@@ -185,7 +192,6 @@ def materialize(
             for b in mod.buffers(recurse=False):
                 if b is not None and b.device.type != "meta":
                     b.zero_()
-    return module
 
 
 # --------------------------------------------------------------------------------------------
