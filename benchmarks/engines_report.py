@@ -2,6 +2,7 @@
 issue's goals, each with its figure.
 
     PYTHONPATH=. python benchmarks/engines_report.py OUTDIR/cells.json [-o report.md]
+    PYTHONPATH=. python benchmarks/engines_report.py RUN1 RUN2 ... [-o report.md]   # merged
 
 Goals (issue 13):
 
@@ -34,6 +35,33 @@ def load(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.DataFrame(doc["rows"]), doc.get("environment", {})
 
 
+MEASURED = ("ok", "no-fit", "error", "cut", "unavailable")
+
+
+def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The rows of several runs (cells.json files or their folders), one per (cell, budget,
+    row): a row measured in its run (not copied from another budget, not skipped) before one
+    that was not, then the newest run (its date; the later argument on a tie). Each row
+    names its run (`run`: the folder); the environments come back in the order given."""
+    frames, envs = [], []
+    for order, path in enumerate(paths):
+        frame, env = load(path)
+        folder = path if path.is_dir() else path.parent
+        env = {**env, "run": folder.name}
+        frame = frame.assign(run=folder.name, _date=str(env.get("date", "")), _order=order)
+        frames.append(frame)
+        envs.append(env)
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[rows["row"] != "*"]
+    derived = rows["measured_at"].notna() if "measured_at" in rows else False
+    rows = rows.assign(_measured=rows["status"].isin(MEASURED) & ~derived,
+                       _budget=rows["budget_gb"].astype(str))
+    rows = rows.sort_values(["_measured", "_date", "_order"], kind="stable")
+    keep = rows.drop_duplicates(["cell", "_budget", "row"], keep="last")
+    keep = keep.sort_index()  # each run's row order (cells, budgets, rows by value)
+    return keep.drop(columns=["_date", "_order", "_measured", "_budget"]), envs
+
+
 def _num(value: Any) -> float:
     try:
         out = float(value)
@@ -53,9 +81,11 @@ def _s(value: Any) -> str:
 
 
 def cell_table(rows: pd.DataFrame) -> list[str]:
+    runs = "run" in rows and rows["run"].nunique() > 1
     head = ("| row | kind | status | latency s | ÷ bound | first call s | setup s | peak alloc GB "
-            "| peak reserved GB | RSS peak GB | pinned GB | measured at | note |")
-    out = [head, "|" + "---|" * 13]
+            "| peak reserved GB | RSS peak GB | pinned GB | measured at | note |"
+            + (" run |" if runs else ""))
+    out = [head, "|" + "---|" * (14 if runs else 13)]
     for _, r in rows.iterrows():
         lat, bound = _num(r.get("latency_s")), _num(r.get("lower_bound_s"))
         ratio = f"{lat / bound:.2f}" if lat == lat and bound == bound and bound > 0 else ""
@@ -66,7 +96,8 @@ def cell_table(rows: pd.DataFrame) -> list[str]:
                    f"{ratio} | {_s(r.get('first_call_s'))} | {_s(r.get('setup_s'))} | "
                    f"{_gb(r.get('peak_allocated_bytes'))} | {_gb(r.get('peak_reserved_bytes'))} | "
                    f"{_gb(r.get('rss_peak_bytes'))} | {_gb(r.get('pinned_bytes'))} | "
-                   f"{'' if measured is None or measured != measured else measured} | {note} |")
+                   f"{'' if measured is None or measured != measured else measured} | {note} |"
+                   + (f" {r['run']} |" if runs else ""))
     return out
 
 
@@ -111,13 +142,21 @@ def verdict(value: float, limit: float) -> str:
     return f"{value:.2f} ({'met' if value <= limit else 'missed'}, goal ≤ {limit:.2f})"
 
 
-def render(frame: pd.DataFrame, env: dict[str, Any]) -> str:
-    lines = ["# resbench against diffusers / accelerate offload modes", "",
-             f"Command: `{' '.join(env.get('argv', []))}`; card: {env.get('card', env.get('device'))}; "
-             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, accelerate "
-             f"{env.get('accelerate')}, transformers {env.get('transformers')}; date "
-             f"{env.get('date')}; wall {env.get('wall_s')} s (limit {env.get('limit_s')} s); "
-             f"build s {env.get('build_s')}.", "",
+def describe_run(env: dict[str, Any]) -> str:
+    return (f"`{' '.join(env.get('argv', []))}`; card: {env.get('card', env.get('device'))}; "
+            f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, accelerate "
+            f"{env.get('accelerate')}, transformers {env.get('transformers')}; date "
+            f"{env.get('date')}; wall {env.get('wall_s')} s (limit {env.get('limit_s')} s); "
+            f"build s {env.get('build_s')}.")
+
+
+def render(frame: pd.DataFrame, env: dict[str, Any] | list[dict[str, Any]]) -> str:
+    envs = env if isinstance(env, list) else [env]
+    runs = ([f"Command: {describe_run(envs[0])}"] if len(envs) == 1 else
+            ["Runs merged (a row measured in its run before one copied or skipped, then the "
+             "newest; the `run` column names it):", ""]
+            + [f"* `{e.get('run')}`: {describe_run(e)}" for e in envs])
+    lines = ["# resbench against diffusers / accelerate offload modes", "", *runs, "",
              "Latency: median of 3 timed calls after one warm-up (slow modes: one unwarmed call, "
              "`runs` in the JSON). `measured at`: a row answered by the measurement at another "
              "budget (a peer mode does not change with the budget) or, for the host-limited "
@@ -154,6 +193,8 @@ def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Pat
     runs = []
     with tarfile.open(tar_path) as tar:
         for member in tar.getmembers():
+            if "/" in member.name or not member.name.endswith(".json.gz"):
+                continue  # traces/*.csv.gz: resbench traces of plan rows, not Chrome traces
             events = json.loads(gzip.decompress(tar.extractfile(member).read()))  # type: ignore[union-attr]
             name = member.name.removesuffix(".json.gz")
             cell, budget, row = name.split("_", 2)
@@ -175,17 +216,21 @@ def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Pat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cells", type=Path, help="cells.json (or the folder holding it)")
+    ap.add_argument("cells", type=Path, nargs="+",
+                    help="cells.json (or the folder holding it); several: merged, per row "
+                         "the measured one of the newest run")
     ap.add_argument("-o", "--out", type=Path, default=None)
     ap.add_argument("--runs", type=Path, default=None,
                     help="also convert the folder's profiles.tar.gz into run folders here")
     args = ap.parse_args(argv)
-    frame, env = load(args.cells)
+    frame, envs = merge(args.cells)
     if args.runs is not None:
-        folder = args.cells if args.cells.is_dir() else args.cells.parent
-        for run in profiles_to_runs(folder / "profiles.tar.gz", args.runs, frame):
-            print(f"run: {run}", file=sys.stderr)
-    text = render(frame, env)
+        for path in args.cells:
+            folder = path if path.is_dir() else path.parent
+            if (folder / "profiles.tar.gz").is_file():
+                for run in profiles_to_runs(folder / "profiles.tar.gz", args.runs, frame):
+                    print(f"run: {run}", file=sys.stderr)
+    text = render(frame, envs)
     if args.out:
         args.out.write_text(text)
     else:
