@@ -98,6 +98,12 @@ class Cell:
     profile_rows: tuple[str, ...] = ()
     min_left_s: float = 30.0
     """Not started with less time left than this (building the weights takes most of it)."""
+    regime: str = "transfer"
+    """`transfer` (copies matter: tuned ÷ best fitting peer ≤ 0.80) or `compute` (compute-
+    bound: never slower than a peer, 48 GB within 3 % of no offload on the whole card)."""
+    compute_guess_s: float = 2.0
+    """A call's time with every weight resident, until the cell's no-offload row says
+    (the calibrated simulator's all-resident figure, rounded up)."""
     note: str = ""
 
 
@@ -144,16 +150,18 @@ def cells(tiny: bool) -> list[Cell]:
              deadline_s=1e9, host_budget_bytes=24 * GB,
              host_plan="flux-1024-s8-16GB-host24GB.toml",
              dit_forwards=flux_call["num_inference_steps"],
-             profile_rows=("resbench-tuned", "group-block-stream"),
+             profile_rows=("resbench-tuned", "group-block-stream"), compute_guess_s=1.6,
              note="8 steps, not 28 (time limit); guidance-distilled, one forward a step"),
         Cell("wan-480x832x17-s4", "wan2.2-t2v-a14b", wan_call, (w_lo, w_hi),
              {w_lo: "wan-480x832x17-s4-24GB.toml", w_hi: "wan-480x832x17-s4-48GB.toml"},
              wan_order(False), deadline_s=1e9, dit_forwards=2 * wan_call["num_inference_steps"],
-             min_left_s=30.0 if tiny else 120.0, note=f"transfer matters; {wan_note}"),
+             min_left_s=30.0 if tiny else 120.0, compute_guess_s=5.0,
+             note=f"transfer matters; {wan_note}"),
         Cell("wan-480x832x81-s4", "wan2.2-t2v-a14b", wan_long, (w_lo, w_hi),
              {w_lo: "wan-480x832x81-s4-24GB.toml", w_hi: "wan-480x832x81-s4-48GB.toml"},
              wan_order(True), deadline_s=1e9, dit_forwards=2 * wan_long["num_inference_steps"],
-             min_left_s=30.0 if tiny else 120.0, note=f"compute-bound; {wan_note}"),
+             min_left_s=30.0 if tiny else 120.0, compute_guess_s=28.0, regime="compute",
+             note=f"compute-bound; {wan_note}"),
     ]
 
 
@@ -323,6 +331,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
     common = {"weights_bytes": weights, "dit_bytes": load.dit_bytes,
               "dit_forwards": cell.dit_forwards}
     state = {"compute_s": 0.0}
+    guess_s = 2.0 if b.tiny else cell.compute_guess_s
     first = len(b.rows)
 
     def label(budget: Any) -> Any:
@@ -333,11 +342,12 @@ def run_cell(b: Bench, cell: Cell) -> None:
         return None if budget == "card" else int(budget * scale * (2.5 if b.tiny else 1.0))
 
     def call_s(mode: PeerMode) -> float:
-        return (state["compute_s"] or 2.0) + mode.predict_transfer_s(load, link)
+        return (state["compute_s"] or guess_s) + mode.predict_transfer_s(load, link)
 
     def head(budget: Any, name: str, kind: str) -> dict[str, Any]:
         return {"cell": cell.key, "model": cell.model, "budget_gb": label(budget),
-                "budget_bytes": real(budget), "row": name, "kind": kind, **common}
+                "budget_bytes": real(budget), "row": name, "kind": kind,
+                "regime": cell.regime, **common}
 
     def peer_row(budget: Any, name: str) -> dict[str, Any]:
         if name == "no-offload":
@@ -370,7 +380,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
         snapshot = name == "no-offload" or (
             PINNED_PEER_HOST if mode.pins_host else 2.0) * weights < host_limit
         return b.run_row(pipe, cell, limit, name, "peer", mode, predicted_call_s=(
-                         2.0 if name == "no-offload" and not state["compute_s"] else call_s(mode)),
+                         guess_s if name == "no-offload" and not state["compute_s"] else call_s(mode)),
                          predicted_setup_s=setup, deadline_s=cell.deadline_s, snapshot=snapshot,
                          slow=mode.predict_transfer_s(load, link) > SLOW_RUN_S,
                          profile=name in cell.profile_rows and budget != "card",
@@ -383,7 +393,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
                          predicted_call_s=(1.2 * simulated + 0.5 if simulated
                                            else call_s(PEERS["group-block-stream"])),
                          predicted_setup_s=weights * link.pin_s_per_byte,
-                         deadline_s=cell.deadline_s, slow=False, trace=kind == "tuned",
+                         deadline_s=cell.deadline_s, slow=False, trace=kind == "tuned", plan=True,
                          profile=name in cell.profile_rows and budget == cell.budgets_bytes[-1],
                          extra={**head(budget, name, kind), **extra})
 

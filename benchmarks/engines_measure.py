@@ -29,6 +29,9 @@ T0 = time.perf_counter()
 """Process start (near enough): the time limit counts from here, imports included."""
 SLOW_RUN_S = 10.0
 """A mode predicted slower than this per call runs once, without warm-up."""
+LONG_CALL_S = 15.0
+"""A call predicted longer than this is timed 3 times without a warm-up (peer modes), and a
+plan row predicted so is not traced (a compute-bound cell: the time is in the compute)."""
 SKIP_RUN_S = 60.0
 """A mode predicted slower than this per call is skipped."""
 GB = 10**9
@@ -155,20 +158,26 @@ class Bench:
                 mode: Any, predicted_call_s: float, predicted_setup_s: float,
                 deadline_s: float | None = None, profile: bool = False,
                 snapshot: bool = False, slow: bool | None = None, trace: bool = False,
+                plan: bool = False,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Apply `mode`, warm up, time, remove; one row (also on no-fit or error).
         `snapshot`: keep the pipeline's own tensors while the mode runs and rebind them after
         (a peer mode; no copy back, at the cost of holding them during the row). `slow`: one
         unwarmed call, not a warm-up and 3 (default: predicted over `SLOW_RUN_S` a call).
         `trace`: one more call with the residency manager's tracer on (a plan row), its
-        events kept in profiles.tar.gz and its stalls summed into the row."""
+        events kept in profiles.tar.gz and its stalls summed into the row. `plan`: a
+        resbench plan row, whose first call pins the host copies (always a warm-up)."""
         base = {"cell": cell.key, "model": cell.model,
                 "budget_gb": round(budget_bytes / GB, 1) if budget_bytes else "card",
                 "budget_bytes": budget_bytes, "row": name, "kind": kind,
                 "predicted_call_s": round(predicted_call_s, 2), **(extra or {})}
         if slow is None:
             slow = predicted_call_s > SLOW_RUN_S
-        warm, runs = (0, 1) if slow else (1, 3)
+        # a long call's first-call overhead (kernel selection) is a small share, and the
+        # median of 3 leaves it out; a plan's first call pins its weights: it stays a warm-up
+        long_call = predicted_call_s > LONG_CALL_S and not plan
+        warm, runs = (0, 1) if slow else (0, 3) if long_call else (1, 3)
+        trace = trace and predicted_call_s < LONG_CALL_S
         need = predicted_setup_s + (warm + runs) * predicted_call_s
         if predicted_call_s > SKIP_RUN_S:
             return {**base, "status": "skipped", "reason": f"predicted {predicted_call_s:.0f} s "

@@ -28,6 +28,7 @@ GB = 1e9
 TRANSFER_GOAL = 0.80
 BOUND_GOAL = 1.10
 PINNED_GOAL = 1.05
+CARD_GOAL = 1.03
 
 
 def load(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -101,20 +102,33 @@ def cell_table(rows: pd.DataFrame) -> list[str]:
     return out
 
 
+def regime_of(rows: pd.DataFrame, cell: str) -> str:
+    """`compute` or `transfer` (runs before the field: the 81-frame Wan cell is compute-bound)."""
+    if "regime" in rows and rows["regime"].notna().any():
+        return str(rows["regime"].dropna().iloc[0])
+    return "compute" if "x81-" in cell else "transfer"
+
+
 def goals(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, budget): the goals' figures and whether each is met."""
     out = []
-    for (cell, budget), rows in frame[frame["row"] != "*"].groupby(["cell", "budget_gb"],
-                                                                     sort=False):
+    real = frame[frame["row"] != "*"]
+    for (cell, budget), rows in real.groupby(["cell", "budget_gb"], sort=False):
         if budget == "card":
             continue
         ok = rows[rows["status"] == "ok"]
         tuned = ok[ok["row"].isin(["resbench-tuned", "resbench-tuned-host"])]
-        peers = ok[(ok["kind"] == "peer")]
+        host_cell = "resbench-tuned-host" in set(rows["row"])
+        if host_cell:
+            tuned = ok[ok["row"] == "resbench-tuned-host"]
+        peers = ok[(ok["kind"] == "peer") & (ok["fit"] != False)]  # noqa: E712 - NaN is not False
         t = float(tuned["latency_s"].min()) if len(tuned) else math.nan
         best = peers.loc[peers["latency_s"].idxmin()] if len(peers) else None
         bound = _num(rows["lower_bound_s"].dropna().iloc[0]) if "lower_bound_s" in rows and \
             rows["lower_bound_s"].notna().any() else math.nan
+        card = real[(real["cell"] == cell) & (real["budget_gb"].astype(str) == "card")
+                    & (real["status"] == "ok")]
+        card_s = float(card["latency_s"].iloc[0]) if len(card) else math.nan
         pinned = plan_host = math.nan
         if len(tuned):
             tr = tuned.iloc[0]
@@ -122,16 +136,23 @@ def goals(frame: pd.DataFrame) -> pd.DataFrame:
             if plan_host != plan_host:  # not recorded: apply_plan's host copies hold every weight once
                 plan_host = _num(tr.get("weights_bytes"))
         unmeasured = int(((rows["kind"] == "peer") & rows["status"].isin(["skipped", "cut"])).sum())
+        regime = "host" if host_cell else regime_of(rows, cell)
         out.append({
-            "cell": cell, "budget_gb": budget, "tuned_s": t,
+            "cell": cell, "budget_gb": budget, "regime": regime, "tuned_s": t,
             "best_peer": best["row"] if best is not None else (
                 f"none measured fits ({unmeasured} peer rows not run)" if unmeasured else "none fits"),
             "best_peer_s": math.nan if best is None else float(best["latency_s"]),
             "tuned_over_best_peer": t / float(best["latency_s"]) if best is not None else math.nan,
+            "peer_goal": TRANSFER_GOAL if regime == "transfer" else 1.0,
+            "card_s": card_s,
+            "tuned_over_card": t / card_s if regime == "compute" and str(budget) == "48.0"
+            else math.nan,
             "lower_bound_s": bound, "tuned_over_bound": t / bound if bound == bound else math.nan,
             "pinned_bytes": pinned, "plan_host_bytes": plan_host,
             "pinned_over_plan_host": pinned / plan_host if plan_host and plan_host == plan_host
             else math.nan,
+            "host_budget_bytes": _num(tuned.iloc[0].get("host_budget_bytes")) if host_cell
+            and len(tuned) else math.nan,
         })
     return pd.DataFrame(out)
 
@@ -167,14 +188,22 @@ def render(frame: pd.DataFrame, env: dict[str, Any] | list[dict[str, Any]]) -> s
                   ""] + cell_table(rows) + [""]
     g = goals(real)
     lines += ["## Goals", ""]
-    lines += ["| cell | budget GB | tuned s | best fitting peer | its s | tuned ÷ peer (≤ 0.80) "
-              "| lower bound s | tuned ÷ bound (≤ 1.10) | pinned ÷ plan host bytes (≤ 1.05) |",
-              "|" + "---|" * 9]
+    lines += ["Goals: where transfer matters, tuned ÷ the best peer that fits ≤ 0.80; compute-"
+              "bound, tuned never slower than a peer (≤ 1.00) and tuned at 48 GB within 3 % of "
+              "no offload on the whole card (≤ 1.03); the host-limited cell, the tuned plan "
+              "fits the pinned host budget and beats every peer that fits it (≤ 1.00); every "
+              "cell, tuned ÷ lower bound ≤ 1.10 and pinned ÷ the plan's host bytes ≤ 1.05.", ""]
+    lines += ["| cell | budget GB | regime | tuned s | best fitting peer | its s | tuned ÷ peer "
+              "| tuned ÷ no offload, card (≤ 1.03) | lower bound s | tuned ÷ bound (≤ 1.10) "
+              "| pinned ÷ plan host bytes (≤ 1.05) |",
+              "|" + "---|" * 11]
     for _, r in g.iterrows():
-        lines.append(f"| {r['cell']} | {r['budget_gb']} | {_s(r['tuned_s'])} | "
+        card = (verdict(r["tuned_over_card"], CARD_GOAL) if r["regime"] == "compute"
+                and str(r["budget_gb"]) == "48.0" else "")
+        lines.append(f"| {r['cell']} | {r['budget_gb']} | {r['regime']} | {_s(r['tuned_s'])} | "
                      f"{r['best_peer']} | "
                      f"{_s(r['best_peer_s'])} | "
-                     f"{verdict(r['tuned_over_best_peer'], TRANSFER_GOAL)} | "
+                     f"{verdict(r['tuned_over_best_peer'], r['peer_goal'])} | {card} | "
                      f"{_s(r['lower_bound_s'])} | {verdict(r['tuned_over_bound'], BOUND_GOAL)} | "
                      f"{verdict(r['pinned_over_plan_host'], PINNED_GOAL)} |")
     lines.append("")
