@@ -1,35 +1,44 @@
 """Cross-engine benchmark: resbench plans against diffusers' and accelerate's own offload modes,
 on the same diffusers pipeline (random weights from the shipped configs), same card, same
-process, warm, median of 3 timed calls after one warm-up.
+process, warm, median of 3 timed calls.
 
-    PYTHONPATH=$PWD python3 benchmarks/engines.py OUTDIR            # the H200 (≤ 400 s wall)
-    PYTHONPATH=. python benchmarks/engines.py OUTDIR --tiny         # CPU, tiny configs
+    PYTHONPATH=$PWD python3 benchmarks/engines.py OUTDIR --cells CELL[,CELL] \
+        [--limit-s S] [--host-limit-gb G]                                   # a GPU
+    PYTHONPATH=. python benchmarks/engines.py OUTDIR --tiny --cells ...      # CPU, tiny configs
 
-Cells, in priority order (every row is written as soon as it exists, so a run stopped by the
-time limit keeps what ran):
+Cells (`--cells`, run in the order given; every row is written as soon as it exists, so a
+run stopped by the time limit keeps what ran):
 
-(a) FLUX.1-dev 1024×1024, 8 steps (not 28: time), budgets 16 GB then 24 GB;
-(c) the host-limited cell: FLUX at 16 GB with 24 GB of pinned host memory (the model is
-    33.7 GB): the tuned plan for that host budget runs; every other row is the 16 GB row
-    read against the host budget (a peer mode does not change with it);
-(b) Wan2.2 T2V A14B 480×832×17, 4 steps, CFG, budgets 24 GB then 48 GB.
-(d) the compute-bound Wan 480×832×81 is left out: it cannot fit in the time limit.
+* `flux-1024-s8`: FLUX.1-dev 1024×1024, 8 steps (not 28: time), budgets 24 GB and 16 GB,
+  and with it the host-limited cell: FLUX at 16 GB with 24 GB of pinned host memory (the
+  model is 33.7 GB): the tuned plan for that host budget (it pins the units copied most,
+  the rest pageable) runs; every other row is the 16 GB row read against the host budget (a
+  peer mode does not change with it);
+* `wan-480x832x17-s4`: Wan2.2 T2V A14B 480×832×17, 4 steps, CFG (transfer matters), budgets
+  the whole card, 48 GB and 24 GB;
+* `wan-480x832x81-s4`: the same at 81 frames (compute-bound).
 
-Rows per budget: no offload (only where the weights fit; measured once on the whole card, it
-is also the cell's compute time), the tuned plan (`benchmarks/results/engines_plans/`, tuned
-on CPU with the simulator before this run: out of sample), every peer mode
-(`resbench.peers.PEERS`), the resbench presets. A peer mode does not depend on the budget: it
-runs once at the smallest budget it fits, and the larger budget's row reuses that
-measurement (`measured_at`). Budgets are emulated with `set_per_process_memory_fraction`;
-an out-of-memory is a no-fit row. Slow modes (predicted over `SLOW_RUN_S` a call) run once,
-unwarmed; a row predicted to pass the time left is skipped with its reason.
+Rows per budget, in order of value (`cells`): no offload (only where the weights fit;
+measured once on the whole card, it is also the cell's compute time), the tuned plan
+(`benchmarks/results/engines_plans/`, tuned on CPU with the simulator before this run: out
+of sample), every peer mode (`resbench.peers.PEERS`), the resbench presets. A peer mode
+does not depend on the budget: it runs once at the smallest budget it fits, and the larger
+budget's row reuses that measurement (`measured_at`). Budgets are emulated with
+`set_per_process_memory_fraction`; an out-of-memory is a no-fit row. A peer whose copies
+alone are predicted over `SLOW_RUN_S` a call runs once, unwarmed; a call predicted over
+`LONG_CALL_S` is timed 3 times without a warm-up (a plan row keeps its warm-up: it pins);
+a row predicted to pass the time left is skipped with its reason. Host memory: a row that
+would pass `--host-limit-gb` is a no-fit row (a pinning peer needs ~2.2× the weights).
+Plan rows give the weights back in their (unlocked) host buffers: no copy.
 
 Per row: latency (median, and every sample), setup seconds, first (warm-up) call, peak device
 allocated and reserved, host RSS high-water mark, pinned host bytes (the caching host
 allocator's peak + resbench's exactly registered buffers), fit, and the physical lower bound
 of the cell: max(compute, DiT forwards × max(0, DiT bytes − (budget − activation peak)) /
-pinned H2D rate). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.tar.gz
-(torch.profiler Chrome traces of a few rows, for `resbench.peers.profile`).
+pinned H2D rate). A tuned row also runs one traced call: its resbench trace goes into
+profiles.tar.gz (traces/*.csv.gz) and its stalls by stage and component into the row
+(`trace_stall_by_s`). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.tar.gz
+(those traces, and torch.profiler Chrome traces of a few rows for `resbench.peers.profile`).
 """
 
 from __future__ import annotations
@@ -377,8 +386,10 @@ def run_cell(b: Bench, cell: Cell) -> None:
             weights / link.h2d_pageable_bytes_per_s if name == "no-offload" else 1.0)
         # the pipeline's own tensors kept through the row (no copy back: ~1 GB/s into fresh
         # pages) where the host can hold a mode's copies beside them; pipe.to() copies none
-        snapshot = name == "no-offload" or (
-            PINNED_PEER_HOST if mode.pins_host else 2.0) * weights < host_limit
+        # (a snapshot only holds the original tensors: it costs host memory where the mode
+        # copies them — pinned copies, a .to("cpu") after each use — and is needed where
+        # the mode leaves parameters on meta: accelerate's offload keeps them in a map)
+        snapshot = name not in COPY_TO_CPU or 2.0 * weights < host_limit
         return b.run_row(pipe, cell, limit, name, "peer", mode, predicted_call_s=(
                          guess_s if name == "no-offload" and not state["compute_s"] else call_s(mode)),
                          predicted_setup_s=setup, deadline_s=cell.deadline_s, snapshot=snapshot,
@@ -436,9 +447,13 @@ def run_cell(b: Bench, cell: Cell) -> None:
     fill_in(b, cell, done, head, real, label)
     bounds(b, cell, first, load, link, scale)
     pipe = None  # the closures above hold it too
+    b.broken = None  # the next cell builds its own pipeline
     free_everything()
 
 
+COPY_TO_CPU = ("model-offload", "group-block", "group-leaf")
+"""Peer modes that put weights back with `.to("cpu")` (new tensors): a snapshot beside them
+holds the weights twice, and without one their removal copies nothing."""
 BUDGET_FREE = ("no-offload", "model-offload", "sequential-offload", "group-block-stream",
                "group-leaf-stream", "group-block-stream-lowmem", "group-leaf-stream-lowmem",
                "group-block", "group-leaf")
@@ -562,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {cell.key}: skipped, {b.left_s():.0f} s left", flush=True)
             b.rows.append({"cell": cell.key, "row": "*", "status": "skipped", "reason": "time"})
             continue
+        b.broken = None
         try:
             run_cell(b, cell)
         except TimeLimit:

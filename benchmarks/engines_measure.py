@@ -118,6 +118,8 @@ class Bench:
     env: dict[str, Any] = field(default_factory=dict)
     host_limit_bytes: int = 1 << 40
     """Host memory the process may fill (`--host-limit-gb`)."""
+    broken: str | None = None
+    """Why the cell's pipeline cannot run more rows (a removal that failed), if it cannot."""
 
     def left_s(self, deadline_s: float | None = None) -> float:
         end = self.limit_s if deadline_s is None else min(self.limit_s, deadline_s)
@@ -179,6 +181,8 @@ class Bench:
         warm, runs = (0, 1) if slow else (0, 3) if long_call else (1, 3)
         trace = trace and predicted_call_s < LONG_CALL_S
         need = predicted_setup_s + (warm + runs) * predicted_call_s
+        if self.broken:
+            return {**base, "status": "skipped", "reason": self.broken}
         if predicted_call_s > SKIP_RUN_S:
             return {**base, "status": "skipped", "reason": f"predicted {predicted_call_s:.0f} s "
                     f"a call > {SKIP_RUN_S:.0f} s"}
@@ -246,8 +250,12 @@ class Bench:
                         mode.remove(pipe)
                 except Exception as exc:  # noqa: BLE001
                     row["remove_error"] = one_line(exc)
-                    remove_hooks(pipe)
-                    to_pageable_cpu(pipe)
+                    try:
+                        remove_hooks(pipe)
+                        to_pageable_cpu(pipe)
+                    except Exception as again:  # noqa: BLE001 - the rows so far stand
+                        self.broken = f"the pipeline was lost removing {name}: {one_line(again)}"
+                        row["remove_error"] += f"; {self.broken}"
             snap = None
             free_everything()
         return row
