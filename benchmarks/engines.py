@@ -133,8 +133,8 @@ def cells(tiny: bool) -> list[Cell]:
     flux_order = (
         ("card", "no-offload"), (lo, "no-offload"), (hi, "no-offload"), (lo, "model-offload"),
         (hi, "tuned"), (lo, "tuned"), ("host", "tuned"), (lo, "group-block-stream"),
-        (lo, "accelerate-dispatch"), (lo, "group-leaf-stream"), (lo, "preset:kijai-block-swap"),
-        (lo, "preset:sglang-wan2.2"), (lo, "group-block"), (hi, "model-offload"),
+        (lo, "group-leaf-stream"), (lo, "preset:kijai-block-swap"), (hi, "model-offload"),
+        (lo, "accelerate-dispatch"), (lo, "preset:sglang-wan2.2"), (lo, "group-block"),
         (lo, "preset:diffusers-group-offload"), (lo, "group-leaf"), (lo, "sequential-offload"),
         (lo, "group-block-stream-lowmem"), (lo, "group-leaf-stream-lowmem"),
         (lo, "preset:diffusers-model-offload"), (lo, "preset:diffusers-sequential-offload"),
