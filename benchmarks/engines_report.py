@@ -16,6 +16,8 @@ Goals (issue 13):
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
 import json
 import math
 import sys
@@ -25,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 GB = 1e9
+PLANS = Path(__file__).parent / "results" / "engines_plans"
 TRANSFER_GOAL = 0.80
 BOUND_GOAL = 1.10
 PINNED_GOAL = 1.05
@@ -213,7 +216,6 @@ def render(frame: pd.DataFrame, env: dict[str, Any] | list[dict[str, Any]]) -> s
 def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Path]:
     """Each profile in `profiles.tar.gz` as a run folder under `out` (`resbench compare`
     reads them), with its row's budget, pinned bytes and peak from the cells."""
-    import gzip
     import tarfile
 
     from resbench.models.registry import get_model
@@ -222,8 +224,14 @@ def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Pat
     runs = []
     with tarfile.open(tar_path) as tar:
         for member in tar.getmembers():
+            if member.name.startswith("traces/") and member.name.endswith(".csv.gz"):
+                name = member.name.removeprefix("traces/").removesuffix(".csv.gz")
+                trace = pd.read_csv(io.BytesIO(gzip.decompress(
+                    tar.extractfile(member).read())))  # type: ignore[union-attr]
+                runs.append(trace_to_run(out / f"{name}-trace", trace, name, frame))
+                continue
             if "/" in member.name or not member.name.endswith(".json.gz"):
-                continue  # traces/*.csv.gz: resbench traces of plan rows, not Chrome traces
+                continue
             events = json.loads(gzip.decompress(tar.extractfile(member).read()))  # type: ignore[union-attr]
             name = member.name.removesuffix(".json.gz")
             cell, budget, row = name.split("_", 2)
@@ -241,6 +249,51 @@ def profiles_to_runs(tar_path: Path, out: Path, frame: pd.DataFrame) -> list[Pat
                 if _num(r.get("pinned_bytes")) == _num(r.get("pinned_bytes")) else 0,
                 force=True))
     return runs
+
+
+def trace_to_run(path: Path, trace: pd.DataFrame, name: str, frame: pd.DataFrame) -> Path:
+    """A tuned row's traced call (resbench's own trace, `engines.py` traces/*.csv.gz) as a run
+    folder beside the peers' converted profiles, times from the request's start."""
+    from resbench.residency.plan import Plan, load_plan
+    from resbench.run import save_run
+    from resbench.trace import COLUMNS
+
+    cell, budget, row = name.split("_", 2)
+    match = frame[(frame["cell"].str.startswith(cell)) & (frame["row"] == row)
+                  & (frame["budget_gb"].astype(str) + "GB" == budget)]
+    r = match.iloc[0] if len(match) else pd.Series(dtype=object)
+    trace = trace[list(COLUMNS)].copy()
+    for col in ("component", "unit", "stage", "stream", "reason"):
+        trace[col] = trace[col].fillna("").astype(str)
+    start = float(trace.loc[trace["kind"] == "request_start", "t_s"].min())
+    trace["t_s"] -= start
+    trace["end_s"] -= start
+    spans = trace[trace["end_s"].notna()]
+    memory = trace.loc[trace["kind"] == "memory", "device_bytes"]
+    plan_file = PLANS / str(r.get("plan", ""))
+    plan = load_plan(plan_file) if plan_file.is_file() else Plan(name=row)
+    budget_bytes = int(r["budget_bytes"]) if _num(r.get("budget_bytes")) == _num(
+        r.get("budget_bytes")) else None
+    result = {
+        "latency_s": float(trace.loc[trace["kind"] == "request_end", "t_s"].max()),
+        "compute_s": float((spans.loc[spans["kind"] == "compute", "end_s"]
+                            - spans.loc[spans["kind"] == "compute", "t_s"]).sum()),
+        "stall_s": float(spans.loc[spans["kind"] == "wait", "stall_s"].sum()),
+        "h2d_bytes": int(spans.loc[spans["kind"] == "load", "bytes"].sum()),
+        "d2h_bytes": int(spans.loc[spans["kind"] == "d2h", "bytes"].sum()),
+        "peak_device_bytes": int(_num(r.get("peak_allocated_bytes"))
+                                 if _num(r.get("peak_allocated_bytes")) == _num(
+                                     r.get("peak_allocated_bytes"))
+                                 else (memory.max() if len(memory) else 0)),
+        "pinned_host_bytes": int(_num(r.get("pinned_bytes")) or 0)
+        if _num(r.get("pinned_bytes")) == _num(r.get("pinned_bytes")) else 0,
+        "budget_bytes": budget_bytes,
+    }
+    return save_run(path, events=trace, plan=plan, profile={"name": "measured"},
+                    model=str(r.get("model", "flux.1-dev")), request={"cell": cell},
+                    result=result, device="cuda", capacity_bytes=budget_bytes, name=name,
+                    force=True, extra={"source": "benchmarks/engines.py traced call",
+                                       "row": row})["run"]
 
 
 def main(argv: list[str] | None = None) -> int:
