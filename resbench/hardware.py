@@ -136,6 +136,13 @@ class HardwareProfile:
     attention_fp32_workspace_bytes_per_flop: float = 0.0
     """The same for fp32 SDPA (the Wan VAE's mid-block: head dim 384), added to calls with
     attention and fp32 convolution work. Optional."""
+    allocator_large_buffer_bytes: int = 0
+    """The CUDA caching allocator's segment for requests between 1 and 10 MiB (PyTorch's
+    kLargeBuffer, 20 MiB; its small segment is `allocator_rounding_bytes`). When set, the
+    simulator models the caching allocator's segments and streams
+    (`resbench.devices.allocator`) and decides fit / no-fit on reserved bytes against the
+    budget itself, instead of the ledger against the budget less `fragmentation_fraction`.
+    Optional (0: not modelled)."""
     schema: int = SCHEMA
     """Version of the TOML layout."""
     provenance_pairs: tuple[tuple[str, str], ...] = ()
@@ -190,7 +197,8 @@ class HardwareProfile:
 OPTIONAL_FIELDS: tuple[str, ...] = ("attention_curve", "conv_workspace_bytes",
                                      "conv_fp32_workspace_bytes",
                                      "attention_workspace_bytes_per_flop",
-                                     "attention_fp32_workspace_bytes_per_flop")
+                                     "attention_fp32_workspace_bytes_per_flop",
+                                     "allocator_large_buffer_bytes")
 """Fields a profile TOML may leave out (their defaults model nothing); written only when set."""
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(HardwareProfile)

@@ -45,7 +45,23 @@ def needed_budget_bytes(schedule: Schedule, plan: Plan, profile: HardwareProfile
     except DoesNotFitError:
         return None
     margin = plan.buffer_margin_bytes if plan.policy == "dynamic" else 0
-    return math.ceil((res.peak_device_bytes + margin) / (1.0 - profile.fragmentation_fraction))
+    if not profile.allocator_large_buffer_bytes:
+        return math.ceil((res.peak_device_bytes + margin) / (1.0 - profile.fragmentation_fraction))
+    # The caching allocator is modelled: fit is decided on reserved bytes, which a cap lowers
+    # (cached segments are released under it). Bisect between the allocated peak and the
+    # reserve of the uncapped run; the answer is within 1/64 of that gap above the true one.
+    low, high = res.peak_device_bytes, max(res.peak_device_bytes, res.peak_reserved_bytes or 0)
+    for _ in range(6):
+        if high - low <= profile.allocator_rounding_bytes:
+            break
+        mid = (low + high) // 2
+        try:
+            simulate(schedule, static, profile, capacity_bytes=mid, call_times_s=call_times_s)
+        except DoesNotFitError:
+            low = mid
+        else:
+            high = mid
+    return high + margin
 
 
 def min_budget_bytes(schedule: Schedule, profile: HardwareProfile, *,

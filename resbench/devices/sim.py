@@ -18,6 +18,19 @@ Clocks (seconds of virtual time):
 Memory is the same program-order ledger as the CPU device, against the budget: weights
 (rounded up to the allocator's block size), staging pools, request state and each call's
 activation peak while it runs. A plan that does not fit raises `DoesNotFitError`.
+
+When the profile sets `allocator_large_buffer_bytes`, the same allocations also go through a
+model of the CUDA caching allocator (`resbench.devices.allocator`) on the streams the CUDA
+device uses for them: a unit copied from pinned memory lands in a block of the H2D stream
+that the compute stream reads (`record_stream`: freed, it stays reserved until compute has
+passed the drop), a staging pool in blocks of the compute stream that the H2D stream writes,
+a copy back holds its block until the D2H copy ends; activations, request state and merges
+are compute-stream blocks (a call's activations are many tensors: they fill cached free blocks
+before a new segment, `CachingAllocator.malloc_many`). The host runs one call ahead of the compute stream: between a
+call's start and the next call's start it issues work at the call's start time, so a block
+dropped after a call is reusable from the next call on. Fit / no-fit is then decided on
+*reserved* bytes against the budget itself (the fragmentation share is not taken off: the
+model is the fragmentation), and `peak_reserved_bytes` reports the modelled reserve.
 """
 
 from __future__ import annotations
@@ -25,10 +38,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from resbench.devices.allocator import AllocatorOOM, Block, CachingAllocator
 from resbench.devices.base import Device, Ledger, Transfer, UnitKey
 from resbench.errors import DoesNotFitError
 from resbench.hardware import HardwareProfile
 from resbench.schedule import MergeCall, UnitCall
+from resbench.units import format_bytes
 
 
 class SimDevice(Device):
@@ -42,8 +57,20 @@ class SimDevice(Device):
         self._merge_times = merge_times_s
         self._host_ready: dict[UnitKey, float] = {}  # unit → end of the D2H writing its host copy
         capacity = profile.usable_bytes if capacity_bytes is None else capacity_bytes
-        capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
+        self.allocator: CachingAllocator | None = None
+        self._blocks: dict[Any, Block | list[Block]] = {}  # unit key / (pool, slot) / "state" → its block
+        self._block_stream: dict[Any, str] = {}
+        self._host_t = 0.0  # when the host issues work (a call ahead of the compute stream)
+        self._in_setup = False
+        if profile.allocator_large_buffer_bytes:
+            self.allocator = CachingAllocator(
+                capacity, small_segment_bytes=max(1, profile.allocator_rounding_bytes),
+                large_buffer_bytes=profile.allocator_large_buffer_bytes)
+        else:
+            capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
         self.ledger = Ledger(capacity, reserved_bytes=state_bytes)
+        if self.allocator is not None and state_bytes:
+            self._malloc("state", state_bytes, "compute", "request state")
         rounding = max(1, profile.allocator_rounding_bytes)
         self._bytes = {k: -(-n // rounding) * rounding for k, n in unit_bytes.items()}
         self._raw_bytes = unit_bytes
@@ -78,6 +105,40 @@ class SimDevice(Device):
 
     def place_unmanaged(self, key: UnitKey) -> None:
         self.ledger.place(key, self._bytes[key], None)
+        if self.allocator is not None:
+            self._malloc(key, self._raw_bytes[key], "compute", f"{key[0]}.{key[1]}")
+
+    # -- the caching allocator (when modelled) ----------------------------------------------------
+    def _malloc(self, handle: Any, nbytes: int, stream: str, what: str, *,
+                many: bool = False) -> None:
+        """Allocate `handle`'s block (`many`: a call's tensors, `malloc_many`)."""
+        assert self.allocator is not None
+        try:
+            if many:
+                self._blocks[handle] = self.allocator.malloc_many(nbytes, stream, self._host_t)
+            else:
+                self._blocks[handle] = self.allocator.malloc(nbytes, stream, self._host_t)
+        except AllocatorOOM as oom:
+            a = self.allocator
+            missing = oom.reserved_bytes + a.segment_bytes(oom.nbytes) - oom.cap_bytes
+            comp, unit = handle if isinstance(handle, tuple) and len(handle) == 2 \
+                and isinstance(handle[1], str) else (what, "")
+            raise DoesNotFitError(
+                f"{what} needs {format_bytes(nbytes)} but the caching allocator holds "
+                f"{format_bytes(oom.reserved_bytes)} reserved ({format_bytes(a.allocated_bytes)} "
+                f"allocated) of the {format_bytes(oom.cap_bytes)} budget and no cached block "
+                f"of its stream fits ({format_bytes(missing)} missing)",
+                component=comp or None, unit=unit or None, missing_bytes=missing) from None
+        self._block_stream[handle] = stream
+
+    def _free(self, handle: Any, ready_s: float | None = None) -> None:
+        """Free `handle`'s block; `ready_s`: the other stream that used it is past it then."""
+        if self.allocator is None:
+            return
+        self._block_stream.pop(handle)
+        blocks = self._blocks.pop(handle)
+        for b in blocks if isinstance(blocks, list) else (blocks,):
+            self.allocator.free(b, ready_s=ready_s)
 
     # -- copies ----------------------------------------------------------------------------------
     def _copy_time(self, key: UnitKey, direction: str) -> float:
@@ -91,6 +152,11 @@ class SimDevice(Device):
     def h2d(self, key: UnitKey, *, pool: str | None = None) -> Transfer:
         seconds, stream, nbytes = self._h2d[key]
         self.ledger.place(key, self._bytes[key], pool)
+        if self.allocator is not None and pool is None:
+            # the CUDA device allocates on the stream that copies: H2D from pinned memory
+            # (setup always reads the pinned slab), the compute stream for a pageable copy
+            on = "h2d" if stream == "h2d" or self._in_setup else "compute"
+            self._malloc(key, nbytes, on, f"{key[0]}.{key[1]}")
         start = self.h2d_free_t if self.h2d_free_t > self.compute_t else self.compute_t
         if self._host_ready:
             start = max(start, self._host_ready.pop(key, 0.0))
@@ -101,6 +167,7 @@ class SimDevice(Device):
         self.h2d_busy_s += end - start
         if stream == "compute":
             self.compute_t = end  # pageable: the host thread blocks until the copy is done
+            self._host_t = max(self._host_t, end)
         return Transfer(key, nbytes, start, end, "h2d", stream)
 
     def wait(self, transfer: Transfer) -> Any:
@@ -111,6 +178,10 @@ class SimDevice(Device):
 
     def drop(self, key: UnitKey) -> None:
         self.ledger.remove(key, self._bytes[key])
+        if key in self._blocks:
+            # read by the compute stream (record_stream): reusable once compute is past now
+            cross = self._block_stream[key] != "compute"
+            self._free(key, self.compute_t if cross else None)
 
     def d2h(self, key: UnitKey) -> Transfer:
         start = max(self.d2h_free_t, self.compute_t)
@@ -120,6 +191,8 @@ class SimDevice(Device):
             self.h2d_free_t = end
         self._host_ready[key] = end
         self.ledger.remove(key, self._bytes[key])
+        if key in self._blocks:  # the D2H stream reads it until the copy ends
+            self._free(key, max(end, self.compute_t))
         return Transfer(key, self._raw_bytes[key], start, end, "d2h", "d2h")
 
     def merge(self, merge: MergeCall, apply: Callable[[], None]) -> tuple[Any, Any]:
@@ -134,12 +207,16 @@ class SimDevice(Device):
                 self.d2h_free_t = ready
             self.h2d_busy_s += ready - start
         working = merge.adapter_bytes + merge.work_bytes
-        self.ledger.charge(working, (merge.component, merge.adapter),
-                           f"merge of {merge.adapter} into {merge.component}")
+        what = f"merge of {merge.adapter} into {merge.component}"
+        self.ledger.charge(working, (merge.component, merge.adapter), what)
+        if self.allocator is not None and working:
+            self._malloc("merge", working, "compute", what, many=True)
         seconds = self._merge_times[merge.index]
         self.compute_t = max(at, ready) + seconds
         self.busy_compute_s += seconds
         self.ledger.credit(working)
+        if "merge" in self._blocks:
+            self._free("merge")
         return at, self.compute_t
 
     def on_device(self, key: UnitKey) -> bool:
@@ -148,9 +225,16 @@ class SimDevice(Device):
     def alloc_pool(self, name: str, slot_bytes: int, slots: int) -> None:
         rounding = max(1, self.profile.allocator_rounding_bytes)
         self.ledger.alloc_pool(name, -(-slot_bytes // rounding) * rounding, slots)
+        if self.allocator is not None:  # one compute-stream tensor per slot, as on the card
+            for i in range(slots):
+                self._malloc((name, i), slot_bytes, "compute", f"staging pool {name}")
 
     def free_pool(self, name: str) -> None:
+        slots = len(self.ledger.pool_slots[name])
         self.ledger.free_pool(name)
+        for i in range(slots):
+            if (name, i) in self._blocks:  # written by the H2D stream: free once it is past
+                self._free((name, i), self.h2d_free_t)
 
     # -- compute ---------------------------------------------------------------------------------
     def working_bytes(self, call: UnitCall) -> int:
@@ -169,6 +253,8 @@ class SimDevice(Device):
 
     def compute_begin(self, call: UnitCall) -> Any:
         working = self.working_bytes(call)
+        start = self.compute_t
+        self._host_t = start
         if working:
             try:
                 self.ledger.charge(working, None)
@@ -177,7 +263,9 @@ class SimDevice(Device):
                 raise self.ledger.does_not_fit(
                     working, (call.component, call.unit),
                     f"activations of {call.component}.{call.unit}") from None
-        start = self.compute_t
+            if self.allocator is not None:
+                self._malloc("working", working, "compute",
+                             f"activations of {call.component}.{call.unit}", many=True)
         duration = self._call_times[call.index]
         if self._slowdown and self.h2d_free_t > start:
             duration *= 1.0 + self._slowdown
@@ -189,6 +277,8 @@ class SimDevice(Device):
         working = self.working_bytes(call)
         if working:
             self.ledger.credit(working)
+            if "working" in self._blocks:
+                self._free("working")
         return self.compute_t
 
     # -- ledger and clock ------------------------------------------------------------------------
@@ -210,12 +300,22 @@ class SimDevice(Device):
     def capacity_bytes(self) -> int:
         return self.ledger.capacity_bytes
 
+    def peak_reserved_bytes(self) -> int | None:
+        """Peak bytes the modelled caching allocator reserved (None: not modelled)."""
+        return None if self.allocator is None else self.allocator.peak_reserved_bytes
+
+    def begin_setup(self) -> None:
+        self._in_setup = True
+
     def end_setup(self) -> None:
         """Setup ends when its copies have landed (a snapshot's copies back included): the
         request starts on idle copy engines, as it does after setup on a real card."""
+        self._in_setup = False
         self.compute_t = max(self.compute_t, self.h2d_free_t, self.d2h_free_t)
+        self._host_t = self.compute_t
 
     def clock_s(self) -> float:
+        self._host_t = max(self._host_t, self.compute_t)  # the host waits for the device
         return self.compute_t
 
     def compute_busy_s(self) -> float | None:

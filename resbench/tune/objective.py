@@ -168,7 +168,9 @@ class Evaluator:
         """Bytes a run may fill: the simulator takes the fragmentation share off the budget;
         on the GPU the allocator's own fragmentation is in the measured peak."""
         cap = self.profile.usable_bytes if capacity_bytes is None else capacity_bytes
-        return cap if self.measured else int(cap * (1.0 - self.profile.fragmentation_fraction))
+        if self.measured or self.profile.allocator_large_buffer_bytes:
+            return cap  # the caching allocator's model is the fragmentation (devices.sim)
+        return int(cap * (1.0 - self.profile.fragmentation_fraction))
 
     def needed_budget(self, plan: Plan) -> int | None:
         """Smallest budget `plan` would fit in (`analysis.budget.needed_budget_bytes`).
