@@ -1,7 +1,7 @@
 """Distributed tuning on GPUs: one `resbench tune --device cuda` worker per GPU, one study.
 
-    python benchmarks/distributed_tune_gpu.py OUTDIR --campaign a   # 2 GPUs, ~7 min
-    python benchmarks/distributed_tune_gpu.py OUTDIR --campaign b   # 2 GPUs, ~7 min
+    python benchmarks/distributed_tune_gpu.py OUTDIR --campaign a   # 2 GPUs, 7-7.5 min
+    python benchmarks/distributed_tune_gpu.py OUTDIR --campaign b   # 2 GPUs, 7-7.5 min
     python benchmarks/distributed_tune_gpu.py OUTDIR --tiny --campaign a   # CPU, sim workers
 
 A run is a list of **phases**, one after the other; a phase is one or more **groups** run at
@@ -33,6 +33,12 @@ trial and summed; the best feasible latency within `--window-s` of the study's f
 each worker's start-up (launch to first trial) and its steps (`dt_workers.STARTUP_MARKS`);
 peak RSS per worker and the host's used memory (all workers of the phase running); the GPU of
 each worker's process (nvidia-smi).
+
+The default search is FLUX.1-dev (diffusers engine) at 512x512, 2 steps, a 24 GB budget: trials
+of seconds, so that a 75 s window holds enough of them (the simulator, which matched the
+measured frugal plan at 1024x1024 x 4 steps within 1 %, gives ~12 s a run for the frugal plan
+and 0.8-3 s for most feasible ones, 14 of 40 plans feasible); at 1024x1024 x 4 steps and
+16 GB a feasible trial took ~40 s on the H200 and a worker ~2 min to start.
 
 Workers start without the shipped presets (`--presets` names an empty folder; with
 `--device cuda` each preset would be measured at start-up); `--with-presets` restores them.
@@ -371,14 +377,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--with-presets", action="store_true",
                     help="let each worker measure the shipped presets at start-up (with "
                          "--device cuda: several GPU runs each, some slow) and queue them")
-    ap.add_argument("--window-s", type=float, default=80.0)
+    ap.add_argument("--window-s", type=float, default=75.0)
     ap.add_argument("--kill-wait-s", type=float, default=150.0,
                     help="after the kill, stop the survivors anyway after this long")
     ap.add_argument("--kill-after-s", type=float, default=None,
                     help="kill once the victim's trial has run this long [1; tiny: 0]")
     ap.add_argument("--kill-within-s", type=float, default=None,
                     help="kill anyway if no such trial is found within this [15; tiny: 10]")
-    ap.add_argument("--deadline-s", type=float, default=430.0,
+    ap.add_argument("--deadline-s", type=float, default=435.0,
                     help="stop everything this long after the start, results written")
     ap.add_argument("--grace", type=float, default=30.0,
                     help="seconds a worker has to stop after SIGINT before SIGTERM")
