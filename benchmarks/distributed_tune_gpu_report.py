@@ -159,7 +159,9 @@ def setup(docs: Sequence[dict[str, Any]]) -> list[str]:
 
 def table(docs: Sequence[dict[str, Any]]) -> str:
     window = docs[0]["phases"][0]["window"]["window_s"] if docs[0]["phases"] else 0
-    out = [HEADER.format(w=f"{window:g}"), RULE]
+    own = all("trials_per_min_own" in p["window"] for s in docs for p in s["phases"])
+    out = [HEADER.format(w=f"{window:g}").replace(" of each worker", "" if not own else
+                                                  " of each worker"), RULE]
     out += [row(s, p) for s in docs for p in s["phases"]]
     starts = startups(docs)
     steps = [STEPS, *starts, ""] if starts else []
