@@ -12,10 +12,12 @@ launch and by nvidia-smi UUIDs while they run). `--phase` spells one phase:
 a journal study with a worker on GPU 1; `postgresql@0,1` is one PostgreSQL study with two
 workers, one per GPU. `--campaign` names a list of phases (`CAMPAIGNS`):
 
-* `a`: `postgresql@0+journal@1` (each storage's 1-worker figure, both paid for once), then
-  `postgresql@0,1` (2 workers, with the kill test);
+* `a`: `postgresql@0,1` (2 workers, with the kill test), then `postgresql@0+journal@1`
+  (each storage's 1-worker figure, both for one start-up);
 * `b`: `journal@0,1` (2 workers, with the kill test), then `postgresql@1+journal@0` (the
-  1-worker figures again, GPUs swapped: a second sample, cut by the deadline if short of time).
+  1-worker figures again, GPUs swapped).
+
+The kill tests come first: the 1-worker figures, measured twice, are what a deadline may cut.
 
 Each worker searches for `--window-s` seconds after its first trial (a 1-worker group ends
 by the worker's own `--timeout`). In a group of two or more, once every worker has searched
@@ -89,7 +91,7 @@ from resbench.tune.trial_log import read_trial_log  # noqa: E402
 STORAGES = ("postgresql", "journal", "sqlite")
 RDB = ("postgresql", "sqlite")
 CAMPAIGNS = {
-    "a": ("postgresql@0+journal@1", "postgresql@0,1"),
+    "a": ("postgresql@0,1", "postgresql@0+journal@1"),
     "b": ("journal@0,1", "postgresql@1+journal@0"),
 }
 REQUEST = ["--height", "512", "--width", "512", "--steps", "2"]
