@@ -1,4 +1,5 @@
-"""The `measure` mode of benchmarks/gpu_oos3.py: the committed pairs, run on one device.
+"""The `measure` mode of the out-of-sample rounds (`benchmarks/oos_round.py`, run through a
+round's script, e.g. `benchmarks/gpu_oos4.py measure`): the committed pairs, on one device.
 
 One process. Per model the diffusers engine's weights are built once (drawn on the card,
 pinned on the host) and shared by every request's `CudaBackend`; per model the first pair
@@ -8,7 +9,8 @@ once, timed, warm. A pair that does not fit (`DoesNotFitError`: device out of me
 memory) is a result, not a failure. One CSV row per pair, flushed, so a run cut short keeps
 its rows; pairs whose expected seconds would pass the deadline are skipped, named.
 ``--device cpu --scale 0.02`` runs the same loop through `CpuBackend` on tiny requests
-(plumbing only; its numbers mean nothing).
+(plumbing only; its numbers mean nothing). Writes two files under the folder given: the
+measured CSV and a JSON beside it (command, environment, phases).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import gc
 import hashlib
 import json
 import os
-import pickle
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from resbench.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = "diffusers"
-MEASURED_NAME = "gpu_oos3_measured.csv"
 MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale", "schedule",
                    "request_run", "budget_bytes_run", "warm_up", "latency_s",
                    "peak_allocated_bytes", "peak_reserved_bytes", "setup_s", "compute_s",
@@ -46,8 +45,7 @@ MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale",
                    "elapsed_s"]
 DRY_SIZE = 32
 """--device cpu: every request shrinks to 32x32 (5 frames for video), at most 2 steps."""
-CACHE = ROOT / "runs" / "schedules"
-WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as gpu_oos3.WEIGHTS_S: deadline checks
+WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as oos_round.WEIGHTS_S: deadline checks
 
 
 def fingerprint(schedule: Schedule) -> str:
@@ -58,25 +56,12 @@ def fingerprint(schedule: Schedule) -> str:
 
 
 def record_schedule(model: str, request: Request, *, scale: float, dtype: Any = None) -> Schedule:
-    """The diffusers engine's recording of `request` (cached under runs/schedules/)."""
-    import torch
+    """The diffusers engine's recording of `request` (cached under runs/schedules/ by
+    `benchmarks.gpu_common.load_schedule`)."""
+    from benchmarks.gpu_common import load_schedule
 
-    from resbench.engines.base import make_engine
-
-    r = request
-    name = (f"oos3-{ENGINE}-{model}-{r.height}x{r.width}x{r.frames}-s{r.steps}-cfg{int(r.cfg)}"
-            f"-sc{scale}-{'fp32' if dtype is not None else 'native'}-torch{torch.__version__}.pkl")
-    path = CACHE / name
-    if path.is_file():
-        with path.open("rb") as f:
-            schedule: Schedule = pickle.load(f)
-        if schedule.request == asdict(request):
-            return schedule
-    schedule = make_engine(ENGINE, get_model(model), scale=scale).record(request, dtype=dtype)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(schedule, f)
-    return schedule
+    return load_schedule(get_model(model), request, scale=scale,
+                         device="cpu" if dtype is not None else "cuda", engine=ENGINE)
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -213,9 +198,12 @@ def environment() -> dict[str, Any]:
 
 
 def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: float = 1.0,
-            pairs: list[str] | None = None, deadline_s: float = 262.0) -> Path:
+            pairs: list[str] | None = None, deadline_s: float = 262.0,
+            measured_name: str = "gpu_oos3_measured.csv",
+            host_limit_bytes: int | None = None) -> Path:
     """Run the pairs of `predictions` (all, or those named) on `device`; write
-    `out_dir/gpu_oos3_measured.csv` (and a `.json` with the environment and phases)."""
+    `out_dir/measured_name` (and a `.json` with the environment and phases). A pair needing
+    more host memory than `host_limit_bytes` is skipped, named (the machine is shared)."""
     start = time.perf_counter()
     frame = read_predictions(predictions)
     if pairs:
@@ -227,8 +215,8 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
     log: dict[str, Any] = {"command": " ".join(sys.argv), "environment": environment(),
                            "predictions": str(predictions), "deadline_s": deadline_s,
                            "models": []}
-    log_path = (out_dir / MEASURED_NAME).with_suffix(".json")
-    path = out_dir / MEASURED_NAME
+    log_path = (out_dir / measured_name).with_suffix(".json")
+    path = out_dir / measured_name
 
     def late(seconds: float) -> bool:
         return device == "cuda" and time.perf_counter() - start + seconds > deadline_s
@@ -261,7 +249,11 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
                 for row in rows.itertuples():
                     extra = (2 * row.expected_gpu_s if row.pred_fits and not runs.warm
                              else row.expected_gpu_s)
-                    if late(extra):
+                    host = getattr(row, "pred_host_bytes", None)
+                    if host_limit_bytes is not None and host is not None and host > host_limit_bytes:
+                        res = {"pair_id": row.pair_id, "status": "skipped",
+                               "message": f"host memory: needs {host / 1e9:.1f} GB"}
+                    elif late(extra):
                         res = {"pair_id": row.pair_id, "status": "skipped", "message": "deadline"}
                     else:
                         res = measure_pair(runs, row)
