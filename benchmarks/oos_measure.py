@@ -10,7 +10,9 @@ memory) is a result, not a failure. One CSV row per pair, flushed, so a run cut 
 its rows; pairs whose expected seconds would pass the deadline are skipped, named.
 ``--device cpu --scale 0.02`` runs the same loop through `CpuBackend` on tiny requests
 (plumbing only; its numbers mean nothing). Writes two files under the folder given: the
-measured CSV and a JSON beside it (command, environment, phases).
+measured CSV (per-stage latency and allocated-bytes peaks included), `<name>_units.csv` (the
+card's GPU seconds per unit and stage, from the traced run) and a JSON beside them (command,
+environment, phases).
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale",
                    "request_run", "budget_bytes_run", "warm_up", "latency_s",
                    "peak_allocated_bytes", "peak_reserved_bytes", "setup_s", "compute_s",
                    "stall_s", "h2d_bytes", "d2h_bytes", "pinned_host_bytes", "wall_s",
-                   "elapsed_s"]
+                   "elapsed_s", "stage_latency_s", "stage_max_allocated_bytes"]
+COMPUTE_FIELDS = ["pair_id", "stage", "component", "unit", "calls", "compute_s"]
+"""The third file: per pair, the card's GPU seconds of each unit's calls (from the trace's
+compute spans), to set against the cost model unit by unit."""
 DRY_SIZE = 32
 """--device cpu: every request shrinks to 32x32 (5 frames for video), at most 2 steps."""
 WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as oos_round.WEIGHTS_S: deadline checks
@@ -144,7 +149,9 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
                    warm_up=warm_up)
         source = row.plan_source
         plan = resolve_plan(ROOT / source if source.endswith(".toml") else source)
-        r = backend.run(plan, budget, trace=False, warmup=warm_up)
+        # traced: the CUDA device times every call with events whether traced or not, so
+        # the trace adds host-side rows only; it gives per-stage latency and per-unit compute
+        r = backend.run(plan, budget, trace=True, warmup=warm_up)
         runs.warm = True
     except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
         return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
@@ -152,12 +159,36 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug: keep it, go on with the next pair
         return {**out, "status": "error", "failure": type(exc).__name__,
                 "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
+    stages, peaks, units = trace_summary(r.trace)
     return {**out, "status": "ok", "latency_s": r.latency_s,
+            "stage_latency_s": json.dumps(stages), "stage_max_allocated_bytes": json.dumps(peaks),
+            "units": units,
             "peak_allocated_bytes": r.peak_device_bytes,
             "peak_reserved_bytes": r.peak_reserved_bytes, "setup_s": r.setup_s,
             "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
             "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
             "wall_s": time.perf_counter() - t0}
+
+
+def trace_summary(trace: pd.DataFrame | None) -> tuple[dict[str, float], dict[str, int],
+                                                         list[dict[str, Any]]]:
+    """(seconds per stage, the most bytes allocated at a manager action per stage, per
+    (stage, component, unit) calls and GPU seconds) of one traced run."""
+    if trace is None or trace.empty:
+        return {}, {}, []
+    start = trace.loc[trace.kind == "request_start", "t_s"].min()
+    request = trace[trace.t_s >= start]
+    enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
+    exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()
+    stages = {str(k): float(exits[k] - enters[k]) for k in enters.index if k in exits.index}
+    memory = trace[trace.kind == "memory"]
+    peaks = {str(k): int(v) for k, v in memory.groupby("stage").device_bytes.max().items()}
+    compute = request[request.kind == "compute"].assign(
+        seconds=lambda d: d.end_s - d.t_s)
+    units = [{"stage": st, "component": c, "unit": u, "calls": int(len(g)),
+              "compute_s": float(g.seconds.sum())}
+             for (st, c, u), g in compute.groupby(["stage", "component", "unit"], sort=False)]
+    return stages, peaks, units
 
 
 def by_model(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -221,14 +252,20 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
     def late(seconds: float) -> bool:
         return device == "cuda" and time.perf_counter() - start + seconds > deadline_s
 
-    with path.open("w", newline="") as f:
+    units_path = path.with_name(path.stem + "_units.csv")
+    with path.open("w", newline="") as f, units_path.open("w", newline="") as fu:
         writer = csv.DictWriter(f, fieldnames=MEASURED_FIELDS, extrasaction="ignore")
         writer.writeheader()
+        unit_writer = csv.DictWriter(fu, fieldnames=COMPUTE_FIELDS)
+        unit_writer.writeheader()
 
         def write(res: dict[str, Any]) -> None:
             res["elapsed_s"] = time.perf_counter() - start
             writer.writerow(res)
+            for u in res.pop("units", ()):
+                unit_writer.writerow({"pair_id": res["pair_id"], **u})
             f.flush()
+            fu.flush()
             os.fsync(f.fileno())
             print("ROW", json.dumps({k: res.get(k) for k in (
                 "pair_id", "status", "latency_s", "peak_allocated_bytes", "failure",
