@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from benchmarks.gpu_oos3 import ROUND3
-from benchmarks.oos_round import Round, budget_bytes
+from benchmarks.gpu_oos4 import ROUND4
+from benchmarks.oos_round import Round, budget_bytes, pair_id
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
-@pytest.mark.parametrize("rnd", [ROUND3], ids=["round3"])
+@pytest.mark.parametrize("rnd", [ROUND3, ROUND4], ids=["round3", "round4"])
 def test_no_pair_was_in_an_earlier_round(rnd: Round) -> None:
     earlier = set().union(*(set(pd.read_csv(RESULTS / f).pair_id) for f in rnd.earlier))
     ids = rnd.pair_ids()
@@ -24,3 +25,12 @@ def test_no_pair_was_in_an_earlier_round(rnd: Round) -> None:
     budgets = [budget_bytes(b) for _, _, b in rnd.preset_pairs]
     assert None in budgets and min(b for b in budgets if b) == 16 * 10**9
     assert len(ids) + sum(n for _, _, n in rnd.tuned_cells) >= 30
+
+
+def test_round4_files_and_ids_follow_its_number() -> None:
+    assert ROUND4.predictions == Path("benchmarks/results/gpu_oos4_predictions.csv")
+    assert ROUND4.measured_name == "gpu_oos4_measured.csv"
+    assert ROUND4.script == "benchmarks/gpu_oos4.py"
+    shape = ROUND4.shapes[0]
+    assert pair_id(shape, "16GB", "tuned1") == "flux.1-dev-768x1360x1s8-16GB-tuned1"
+    assert ROUND4.host_limit_bytes == 90 * 10**9 and ROUND4.deadline_s <= 280
