@@ -134,14 +134,37 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def write_report(rnd: Round, predictions: Path, measured: Path, out: Path) -> Path:
+def unit_section(rnd: Round, pred: pd.DataFrame, units_path: Path,
+                 profile_path: Path | None) -> list[str]:
+    """The per-unit compute comparison (`oos_units`) when the run wrote its units file and
+    the round's profile is at hand; the schedules are re-recorded (cached) here."""
+    if not units_path.is_file() or profile_path is None or not profile_path.is_file():
+        return []
+    from benchmarks.oos_round import load_schedule
+    from benchmarks.oos_units import compare, markdown
+    from resbench.hardware import load_profile
+
+    units = pd.read_csv(units_path)
+    wanted = set(pred[pred.plan == "all-resident"].request)
+    schedules = {s.slug: load_schedule(s) for s in rnd.shapes if s.slug in wanted}
+    frame = compare(units, pred, schedules, load_profile(profile_path))
+    return markdown(frame)
+
+
+def write_report(rnd: Round, predictions: Path, measured: Path, out: Path,
+                 profile: Path | None = None) -> Path:
+    """`profile`: the profile the predictions used, for the per-unit section (default: the
+    round's `gpu_oosN_profile.toml` when it exists)."""
     pred = pd.read_csv(predictions)
     meas = pd.read_csv(measured)
     env_path = measured.with_suffix(".json")
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     f = reserved_errors(joined(pred, meas))
     order = ordering(f)
-    out.write_text(render(f, order, goals(f, order), env=env, title=rnd.title,
-                          sources={"predictions": _rel(predictions), "measured": _rel(measured)}))
+    text = render(f, order, goals(f, order), env=env, title=rnd.title,
+                  sources={"predictions": _rel(predictions), "measured": _rel(measured)})
+    units = measured.with_name(measured.stem + "_units.csv")
+    extra = unit_section(rnd, pred, units, profile or ROOT / rnd.derived_profile)
+    out.write_text(text + ("\n".join(extra) + "\n" if extra else ""))
     f.to_csv(out.with_suffix(".csv"), index=False)
     return out
