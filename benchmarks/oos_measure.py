@@ -44,7 +44,8 @@ MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale",
                    "request_run", "budget_bytes_run", "warm_up", "latency_s",
                    "peak_allocated_bytes", "peak_reserved_bytes", "setup_s", "compute_s",
                    "stall_s", "h2d_bytes", "d2h_bytes", "pinned_host_bytes", "wall_s",
-                   "elapsed_s", "stage_latency_s", "stage_max_allocated_bytes"]
+                   "elapsed_s", "stage_latency_s", "stage_max_allocated_bytes",
+                   "allocated_before_bytes", "allocated_after_bytes"]
 COMPUTE_FIELDS = ["pair_id", "stage", "component", "unit", "calls", "compute_s"]
 """The third file: per pair, the card's GPU seconds of each unit's calls (from the trace's
 compute spans), to set against the cost model unit by unit."""
@@ -151,7 +152,9 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
         plan = resolve_plan(ROOT / source if source.endswith(".toml") else source)
         # traced: the CUDA device times every call with events whether traced or not, so
         # the trace adds host-side rows only; it gives per-stage latency and per-unit compute
+        out["allocated_before_bytes"] = _allocated(runs.device)  # what no unit holds
         r = backend.run(plan, budget, trace=True, warmup=warm_up)
+        out["allocated_after_bytes"] = _allocated(runs.device)
         runs.warm = True
     except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
         return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
@@ -168,6 +171,13 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
             "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
             "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
             "wall_s": time.perf_counter() - t0}
+
+
+def _allocated(device: str) -> int | None:
+    """Bytes the caching allocator has allocated now (None off the card)."""
+    import torch
+
+    return int(torch.cuda.memory_allocated()) if device == "cuda" else None
 
 
 def trace_summary(trace: pd.DataFrame | None) -> tuple[dict[str, float], dict[str, int],
