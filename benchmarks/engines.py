@@ -1,40 +1,50 @@
 """Cross-engine benchmark: resbench plans against diffusers' and accelerate's own offload modes,
 on the same diffusers pipeline (random weights from the shipped configs), same card, same
-process, warm, median of 3 timed calls after one warm-up.
+process, warm, median of 3 timed calls.
 
-    PYTHONPATH=$PWD python3 benchmarks/engines.py OUTDIR            # the H200 (≤ 400 s wall)
-    PYTHONPATH=. python benchmarks/engines.py OUTDIR --tiny         # CPU, tiny configs
+    PYTHONPATH=$PWD python3 benchmarks/engines.py OUTDIR --cells CELL[,CELL] \
+        [--limit-s S] [--host-limit-gb G]                                   # a GPU
+    PYTHONPATH=. python benchmarks/engines.py OUTDIR --tiny --cells ...      # CPU, tiny configs
 
-Cells, in priority order (every row is written as soon as it exists, so a run stopped by the
-time limit keeps what ran):
+Cells (`--cells`, run in the order given; every row is written as soon as it exists, so a
+run stopped by the time limit keeps what ran):
 
-(a) FLUX.1-dev 1024×1024, 8 steps (not 28: time), budgets 16 GB then 24 GB;
-(c) the host-limited cell: FLUX at 16 GB with 24 GB of pinned host memory (the model is
-    33.7 GB): the tuned plan for that host budget runs; every other row is the 16 GB row
-    read against the host budget (a peer mode does not change with it);
-(b) Wan2.2 T2V A14B 480×832×17, 4 steps, CFG, budgets 24 GB then 48 GB.
-(d) the compute-bound Wan 480×832×81 is left out: it cannot fit in the time limit.
+* `flux-1024-s8`: FLUX.1-dev 1024×1024, 8 steps (not 28: time), budgets 24 GB and 16 GB,
+  and with it the host-limited cell: FLUX at 16 GB with 24 GB of pinned host memory (the
+  model is 33.7 GB): the tuned plan for that host budget (it pins the units copied most,
+  the rest pageable) runs; every other row is the 16 GB row read against the host budget (a
+  peer mode does not change with it);
+* `wan-480x832x17-s4`: Wan2.2 T2V A14B 480×832×17, 4 steps, CFG (transfer matters), budgets
+  the whole card, 48 GB and 24 GB;
+* `wan-480x832x81-s4`: the same at 81 frames (compute-bound).
 
-Rows per budget: no offload (only where the weights fit; measured once on the whole card, it
-is also the cell's compute time), the tuned plan (`benchmarks/results/engines_plans/`, tuned
-on CPU with the simulator before this run: out of sample), every peer mode
-(`resbench.peers.PEERS`), the resbench presets. A peer mode does not depend on the budget: it
-runs once at the smallest budget it fits, and the larger budget's row reuses that
-measurement (`measured_at`). Budgets are emulated with `set_per_process_memory_fraction`;
-an out-of-memory is a no-fit row. Slow modes (predicted over `SLOW_RUN_S` a call) run once,
-unwarmed; a row predicted to pass the time left is skipped with its reason.
+Rows per budget, in order of value (`cells`): no offload (only where the weights fit;
+measured once on the whole card, it is also the cell's compute time), the tuned plan
+(`benchmarks/results/engines_plans/`, tuned on CPU with the simulator before this run: out
+of sample), every peer mode (`resbench.peers.PEERS`), the resbench presets. A peer mode
+does not depend on the budget: it runs once at the smallest budget it fits, and the larger
+budget's row reuses that measurement (`measured_at`). Budgets are emulated with
+`set_per_process_memory_fraction`; an out-of-memory is a no-fit row. A peer whose copies
+alone are predicted over `SLOW_RUN_S` a call runs once, unwarmed; a call predicted over
+`LONG_CALL_S` is timed 3 times without a warm-up (a plan row keeps its warm-up: it pins);
+a row predicted to pass the time left is skipped with its reason. Host memory: a row that
+would pass `--host-limit-gb` is a no-fit row (a pinning peer needs ~2.2× the weights).
+Plan rows give the weights back in their (unlocked) host buffers: no copy.
 
 Per row: latency (median, and every sample), setup seconds, first (warm-up) call, peak device
 allocated and reserved, host RSS high-water mark, pinned host bytes (the caching host
 allocator's peak + resbench's exactly registered buffers), fit, and the physical lower bound
 of the cell: max(compute, DiT forwards × max(0, DiT bytes − (budget − activation peak)) /
-pinned H2D rate). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.tar.gz
-(torch.profiler Chrome traces of a few rows, for `resbench.peers.profile`).
+pinned H2D rate). A tuned row also runs one traced call: its resbench trace goes into
+profiles.tar.gz (traces/*.csv.gz) and its stalls by stage and component into the row
+(`trace_stall_by_s`). Outputs: OUTDIR/cells.csv, OUTDIR/cells.json, OUTDIR/profiles.tar.gz
+(those traces, and torch.profiler Chrome traces of a few rows for `resbench.peers.profile`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -51,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.engines_measure import (  # noqa: E402
     GB,
+    SLOW_RUN_S,
     Bench,
     TimeLimit,
     environment,
@@ -68,6 +79,9 @@ H200 = LinkRates(h2d_pinned_bytes_per_s=55.1e9, h2d_pageable_bytes_per_s=5.3e9,
                  d2h_pinned_bytes_per_s=55.0e9, d2h_pageable_bytes_per_s=13.9e9,
                  pin_s_per_byte=4.2e-10)
 """benchmarks/results/h200-calibrated.toml: for predictions only."""
+PINNED_PEER_HOST = 2.2
+"""Host bytes a pinning peer mode needs, in weights: the pageable weights, and pinned copies
+the caching host allocator rounds up (run 1: FLUX 34 GB of weights, 73.6 GB RSS peak)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,48 +107,70 @@ class Cell:
     profile_rows: tuple[str, ...] = ()
     min_left_s: float = 30.0
     """Not started with less time left than this (building the weights takes most of it)."""
+    regime: str = "transfer"
+    """`transfer` (copies matter: tuned ÷ best fitting peer ≤ 0.80) or `compute` (compute-
+    bound: never slower than a peer, 48 GB within 3 % of no offload on the whole card)."""
+    compute_guess_s: float = 2.0
+    """A call's time with every weight resident, until the cell's no-offload row says
+    (the calibrated simulator's all-resident figure, rounded up)."""
     note: str = ""
 
 
 def cells(tiny: bool) -> list[Cell]:
+    """Every cell, rows in order of value: the tuned plans and the peers most likely to be
+    the best that fit first, slow or hopeless modes last (a row predicted past the time left
+    is skipped with its reason)."""
     flux_call = {"prompt": "a red fox in the snow", "height": 1024, "width": 1024,
                  "num_inference_steps": 8, "guidance_scale": 3.5}
     wan_call = {"prompt": "a red fox in the snow", "negative_prompt": "", "height": 480,
                 "width": 832, "num_frames": 17, "num_inference_steps": 4, "guidance_scale": 5.0}
+    wan_long = {**wan_call, "num_frames": 81}
     if tiny:
         flux_call.update(height=64, width=64, num_inference_steps=2)
         wan_call.update(height=32, width=32, num_frames=5, num_inference_steps=2)
+        wan_long.update(height=32, width=32, num_frames=9, num_inference_steps=2)
     lo, hi = 16 * GB, 24 * GB
     flux_order = (
         ("card", "no-offload"), (lo, "no-offload"), (hi, "no-offload"), (lo, "model-offload"),
-        (lo, "tuned"), (lo, "group-block-stream"), (hi, "tuned"), (lo, "accelerate-dispatch"),
-        (hi, "model-offload"), (hi, "accelerate-dispatch"), (lo, "group-leaf-stream"),
-        ("host", "tuned"), (lo, "preset:sglang-wan2.2"), (lo, "preset:kijai-block-swap"),
-        (lo, "group-block"), (lo, "sequential-offload"), (lo, "group-leaf"),
+        (hi, "tuned"), (lo, "tuned"), ("host", "tuned"), (lo, "group-block-stream"),
+        (lo, "group-leaf-stream"), (lo, "preset:kijai-block-swap"), (hi, "model-offload"),
+        (lo, "accelerate-dispatch"), (lo, "preset:sglang-wan2.2"), (lo, "group-block"),
+        (lo, "preset:diffusers-group-offload"), (lo, "group-leaf"), (lo, "sequential-offload"),
         (lo, "group-block-stream-lowmem"), (lo, "group-leaf-stream-lowmem"),
-        (lo, "preset:diffusers-group-offload"), (lo, "preset:diffusers-model-offload"),
-        (lo, "preset:diffusers-sequential-offload"), (lo, "preset:all-resident"))
+        (lo, "preset:diffusers-model-offload"), (lo, "preset:diffusers-sequential-offload"),
+        (lo, "preset:all-resident"))
     w_lo, w_hi = 24 * GB, 48 * GB
-    wan_order = (
-        (w_lo, "no-offload"), (w_hi, "no-offload"), (w_lo, "model-offload"),
-        (w_lo, "group-block-stream"), (w_lo, "tuned"), ("card", "no-offload"),
-        (w_lo, "accelerate-dispatch"), (w_hi, "tuned"), (w_hi, "model-offload"),
-        (w_hi, "accelerate-dispatch"), (w_lo, "preset:sglang-wan2.2"),
-        (w_lo, "group-leaf-stream"), (w_lo, "preset:kijai-block-swap"),
-        (w_lo, "group-block-stream-lowmem"), (w_lo, "group-block"), (w_lo, "sequential-offload"))
+
+    def wan_order(long: bool) -> tuple[tuple[Any, str], ...]:
+        first = (("card", "no-offload"), (w_lo, "no-offload"), (w_hi, "no-offload"),
+                 (w_lo, "model-offload"))
+        tuned = ((w_hi, "tuned"), (w_lo, "tuned")) if long else ((w_lo, "tuned"), (w_hi, "tuned"))
+        return (*first, *tuned, (w_hi, "model-offload"), (w_lo, "group-block-stream"),
+                (w_lo, "group-leaf-stream"), (w_lo, "accelerate-dispatch"),
+                (w_lo, "preset:sglang-wan2.2"), (w_lo, "preset:kijai-block-swap"),
+                (w_hi, "accelerate-dispatch"), (w_lo, "group-block"),
+                (w_lo, "preset:diffusers-group-offload"), (w_lo, "group-leaf"),
+                (w_lo, "group-block-stream-lowmem"), (w_lo, "sequential-offload"))
+
+    wan_note = "4 steps, CFG: two forwards a step, the expert switch at boundary 0.875"
     return [
         Cell("flux-1024-s8", "flux.1-dev", flux_call, (lo, hi),
              {lo: "flux-1024-s8-16GB.toml", hi: "flux-1024-s8-24GB.toml"}, flux_order,
-             deadline_s=185.0, host_budget_bytes=24 * GB,
+             deadline_s=1e9, host_budget_bytes=24 * GB,
              host_plan="flux-1024-s8-16GB-host24GB.toml",
              dit_forwards=flux_call["num_inference_steps"],
-             profile_rows=("resbench-tuned", "group-block-stream"),
+             profile_rows=("resbench-tuned", "group-block-stream"), compute_guess_s=1.6,
              note="8 steps, not 28 (time limit); guidance-distilled, one forward a step"),
         Cell("wan-480x832x17-s4", "wan2.2-t2v-a14b", wan_call, (w_lo, w_hi),
              {w_lo: "wan-480x832x17-s4-24GB.toml", w_hi: "wan-480x832x17-s4-48GB.toml"},
-             wan_order, deadline_s=1e9, dit_forwards=2 * wan_call["num_inference_steps"],
-             min_left_s=30.0 if tiny else 120.0,
-             note="4 steps, CFG: two forwards a step, the expert switch at boundary 0.875"),
+             wan_order(False), deadline_s=1e9, dit_forwards=2 * wan_call["num_inference_steps"],
+             min_left_s=30.0 if tiny else 120.0, compute_guess_s=5.0,
+             note=f"transfer matters; {wan_note}"),
+        Cell("wan-480x832x81-s4", "wan2.2-t2v-a14b", wan_long, (w_lo, w_hi),
+             {w_lo: "wan-480x832x81-s4-24GB.toml", w_hi: "wan-480x832x81-s4-48GB.toml"},
+             wan_order(True), deadline_s=1e9, dit_forwards=2 * wan_long["num_inference_steps"],
+             min_left_s=30.0 if tiny else 120.0, compute_guess_s=28.0, regime="compute",
+             note=f"compute-bound; {wan_note}"),
     ]
 
 
@@ -236,7 +272,8 @@ class PlanRow:
 
     def remove(self, pipe: Any) -> None:
         if self.handle is not None:
-            self.handle.remove()
+            # the weights stay in the plan's host buffers (unlocked): no copy into fresh pages
+            self.handle.remove(keep_host_buffers=True)
             self.handle = None
 
     def _device(self) -> Any:
@@ -303,6 +340,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
     common = {"weights_bytes": weights, "dit_bytes": load.dit_bytes,
               "dit_forwards": cell.dit_forwards}
     state = {"compute_s": 0.0}
+    guess_s = 2.0 if b.tiny else cell.compute_guess_s
     first = len(b.rows)
 
     def label(budget: Any) -> Any:
@@ -313,11 +351,12 @@ def run_cell(b: Bench, cell: Cell) -> None:
         return None if budget == "card" else int(budget * scale * (2.5 if b.tiny else 1.0))
 
     def call_s(mode: PeerMode) -> float:
-        return (state["compute_s"] or 2.0) + mode.predict_transfer_s(load, link)
+        return (state["compute_s"] or guess_s) + mode.predict_transfer_s(load, link)
 
     def head(budget: Any, name: str, kind: str) -> dict[str, Any]:
         return {"cell": cell.key, "model": cell.model, "budget_gb": label(budget),
-                "budget_bytes": real(budget), "row": name, "kind": kind, **common}
+                "budget_bytes": real(budget), "row": name, "kind": kind,
+                "regime": cell.regime, **common}
 
     def peer_row(budget: Any, name: str) -> dict[str, Any]:
         if name == "no-offload":
@@ -336,19 +375,25 @@ def run_cell(b: Bench, cell: Cell) -> None:
         if limit is not None and name == "model-offload" and largest > limit:
             return {**head(budget, name, "peer"), "status": "no-fit", "fit": False,
                     "reason": f"largest component {largest / GB / scale:.1f} GB > budget (not run)"}
-        if mode.pins_host and weights * 2 > host_ram_bytes() * 0.9:
+        host_limit = b.host_limit_bytes * scale
+        if mode.pins_host and weights * PINNED_PEER_HOST > host_limit:
             return {**head(budget, name, "peer"), "status": "no-fit", "fit": False,
-                    "reason": f"host RAM: pinned copies while the pageable weights exist need "
-                              f"~{2 * weights / GB:.0f} GB of {host_ram_bytes() / GB:.0f} GB "
-                              "(not run: the process would be killed)"}
+                    "reason": f"host RAM: pinned copies (~1.2× the weights) beside the pageable "
+                              f"weights need ~{PINNED_PEER_HOST * weights / GB / scale:.0f} GB, "
+                              f"over this run's host limit of {host_limit / GB / scale:.0f} GB "
+                              "(not run)"}
         setup = weights * link.pin_s_per_byte if mode.pins_host else (
             weights / link.h2d_pageable_bytes_per_s if name == "no-offload" else 1.0)
         # the pipeline's own tensors kept through the row (no copy back: ~1 GB/s into fresh
         # pages) where the host can hold a mode's copies beside them; pipe.to() copies none
-        snapshot = name == "no-offload" or 2 * weights < 0.8 * host_ram_bytes()
+        # (a snapshot only holds the original tensors: it costs host memory where the mode
+        # copies them — pinned copies, a .to("cpu") after each use — and is needed where
+        # the mode leaves parameters on meta: accelerate's offload keeps them in a map)
+        snapshot = name not in COPY_TO_CPU or 2.0 * weights < host_limit
         return b.run_row(pipe, cell, limit, name, "peer", mode, predicted_call_s=(
-                         2.0 if name == "no-offload" and not state["compute_s"] else call_s(mode)),
+                         guess_s if name == "no-offload" and not state["compute_s"] else call_s(mode)),
                          predicted_setup_s=setup, deadline_s=cell.deadline_s, snapshot=snapshot,
+                         slow=mode.predict_transfer_s(load, link) > SLOW_RUN_S,
                          profile=name in cell.profile_rows and budget != "card",
                          extra={**head(budget, name, "peer"), "mode": mode.description})
 
@@ -359,7 +404,8 @@ def run_cell(b: Bench, cell: Cell) -> None:
                          predicted_call_s=(1.2 * simulated + 0.5 if simulated
                                            else call_s(PEERS["group-block-stream"])),
                          predicted_setup_s=weights * link.pin_s_per_byte,
-                         deadline_s=cell.deadline_s, profile=name in cell.profile_rows,
+                         deadline_s=cell.deadline_s, slow=False, trace=kind == "tuned", plan=True,
+                         profile=name in cell.profile_rows and budget == cell.budgets_bytes[-1],
                          extra={**head(budget, name, kind), **extra})
 
     done: dict[tuple[Any, str], dict[str, Any]] = {}
@@ -373,7 +419,11 @@ def run_cell(b: Bench, cell: Cell) -> None:
             elif budget == "host":
                 budget = cell.budgets_bytes[0]
                 host = int((cell.host_budget_bytes or 0) * scale)
-                row = plan_row(budget, "resbench-tuned-host", load_plan(path), "tuned", path,
+                host_plan = load_plan(path)
+                if host_plan.host.pinned_budget_bytes is not None:  # tiny: the scaled budget
+                    host_plan = dataclasses.replace(host_plan, host=dataclasses.replace(
+                        host_plan.host, pinned_budget_bytes=host))
+                row = plan_row(budget, "resbench-tuned-host", host_plan, "tuned", path,
                                plan=path.name, host_budget_bytes=host)
                 row["cell"] = f"{cell.key}-host{label(cell.host_budget_bytes)}GB"
                 if row.get("fit"):
@@ -397,9 +447,13 @@ def run_cell(b: Bench, cell: Cell) -> None:
     fill_in(b, cell, done, head, real, label)
     bounds(b, cell, first, load, link, scale)
     pipe = None  # the closures above hold it too
+    b.broken = None  # the next cell builds its own pipeline
     free_everything()
 
 
+COPY_TO_CPU = ("model-offload", "group-block", "group-leaf")
+"""Peer modes that put weights back with `.to("cpu")` (new tensors): a snapshot beside them
+holds the weights twice, and without one their removal copies nothing."""
 BUDGET_FREE = ("no-offload", "model-offload", "sequential-offload", "group-block-stream",
                "group-leaf-stream", "group-block-stream-lowmem", "group-leaf-stream-lowmem",
                "group-block", "group-leaf")
@@ -490,13 +544,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny configs")
     ap.add_argument("--limit-s", type=float, default=None,
                     help="stop starting rows after this (default 360 on the GPU, 300 tiny)")
-    ap.add_argument("--cells", default="flux-1024-s8,wan-480x832x17-s4")
+    ap.add_argument("--cells", default="flux-1024-s8,wan-480x832x17-s4",
+                    help="comma-separated cell keys, run in this order; known: "
+                         + ", ".join(c.key for c in cells(False)))
+    ap.add_argument("--host-limit-gb", type=float, default=None,
+                    help="host memory this process may fill (GB; default: the host's "
+                         "MemTotal): rows that would pass it are no-fit rows, not run; give "
+                         "it where other processes share the host, or MemTotal grows as used")
     args = ap.parse_args(argv)
+    known = {c.key for c in cells(args.tiny)}
+    unknown = [k for k in args.cells.split(",") if k not in known]
+    if unknown:
+        ap.error(f"--cells: unknown cell {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else torch.device("cuda", 0)
     args.out.mkdir(parents=True, exist_ok=True)
     b = Bench(args.out, device, args.limit_s or (300.0 if args.tiny else 360.0), args.tiny)
     b.env = environment(device)
     b.env["limit_s"] = b.limit_s
+    b.host_limit_bytes = (int(args.host_limit_gb * GB) if args.host_limit_gb
+                          else host_ram_bytes())
+    b.env["host_limit_bytes"] = b.host_limit_bytes
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise TimeLimit
@@ -504,12 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, on_alarm)
     memo_schedules()
     torch.set_grad_enabled(False)
-    wanted = args.cells.split(",")
-    for cell in (c for c in cells(args.tiny) if c.key in wanted):
+    by_key = {c.key: c for c in cells(args.tiny)}
+    for cell in (by_key[k] for k in args.cells.split(",")):
         if b.left_s() < cell.min_left_s:
             print(f"== {cell.key}: skipped, {b.left_s():.0f} s left", flush=True)
             b.rows.append({"cell": cell.key, "row": "*", "status": "skipped", "reason": "time"})
             continue
+        b.broken = None
         try:
             run_cell(b, cell)
         except TimeLimit:

@@ -27,8 +27,11 @@ from resbench.peers import WeightSnapshot, remove_hooks, to_pageable_cpu
 
 T0 = time.perf_counter()
 """Process start (near enough): the time limit counts from here, imports included."""
-SLOW_RUN_S = 12.0
+SLOW_RUN_S = 10.0
 """A mode predicted slower than this per call runs once, without warm-up."""
+LONG_CALL_S = 15.0
+"""A call predicted longer than this is timed 3 times without a warm-up (peer modes), and a
+plan row predicted so is not traced (a compute-bound cell: the time is in the compute)."""
 SKIP_RUN_S = 60.0
 """A mode predicted slower than this per call is skipped."""
 GB = 10**9
@@ -113,6 +116,10 @@ class Bench:
     rows: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[str, bytes] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
+    host_limit_bytes: int = 1 << 40
+    """Host memory the process may fill (`--host-limit-gb`)."""
+    broken: str | None = None
+    """Why the cell's pipeline cannot run more rows (a removal that failed), if it cannot."""
 
     def left_s(self, deadline_s: float | None = None) -> float:
         end = self.limit_s if deadline_s is None else min(self.limit_s, deadline_s)
@@ -152,18 +159,30 @@ class Bench:
     def run_row(self, pipe: Any, cell: Any, budget_bytes: int | None, name: str, kind: str,
                 mode: Any, predicted_call_s: float, predicted_setup_s: float,
                 deadline_s: float | None = None, profile: bool = False,
-                snapshot: bool = False,
+                snapshot: bool = False, slow: bool | None = None, trace: bool = False,
+                plan: bool = False,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Apply `mode`, warm up, time, remove; one row (also on no-fit or error).
         `snapshot`: keep the pipeline's own tensors while the mode runs and rebind them after
-        (a peer mode; no copy back, at the cost of holding them during the row)."""
+        (a peer mode; no copy back, at the cost of holding them during the row). `slow`: one
+        unwarmed call, not a warm-up and 3 (default: predicted over `SLOW_RUN_S` a call).
+        `trace`: one more call with the residency manager's tracer on (a plan row), its
+        events kept in profiles.tar.gz and its stalls summed into the row. `plan`: a
+        resbench plan row, whose first call pins the host copies (always a warm-up)."""
         base = {"cell": cell.key, "model": cell.model,
                 "budget_gb": round(budget_bytes / GB, 1) if budget_bytes else "card",
                 "budget_bytes": budget_bytes, "row": name, "kind": kind,
                 "predicted_call_s": round(predicted_call_s, 2), **(extra or {})}
-        slow = predicted_call_s > SLOW_RUN_S
-        warm, runs = (0, 1) if slow else (1, 3)
+        if slow is None:
+            slow = predicted_call_s > SLOW_RUN_S
+        # a long call's first-call overhead (kernel selection) is a small share, and the
+        # median of 3 leaves it out; a plan's first call pins its weights: it stays a warm-up
+        long_call = predicted_call_s > LONG_CALL_S and not plan
+        warm, runs = (0, 1) if slow else (0, 3) if long_call else (1, 3)
+        trace = trace and predicted_call_s < LONG_CALL_S
         need = predicted_setup_s + (warm + runs) * predicted_call_s
+        if self.broken:
+            return {**base, "status": "skipped", "reason": self.broken}
         if predicted_call_s > SKIP_RUN_S:
             return {**base, "status": "skipped", "reason": f"predicted {predicted_call_s:.0f} s "
                     f"a call > {SKIP_RUN_S:.0f} s"}
@@ -197,6 +216,14 @@ class Bench:
                         samples.append(dt)
                 row.update(status="ok", fit=True, latency_s=statistics.median(samples),
                            samples_s=samples, runs=len(samples), warm=warm > 0)
+                if trace and self.left_s(deadline_s) > 2 * predicted_call_s + 20:
+                    try:
+                        row.update(self.trace(pipe, cell, mode,
+                                              f"{cell.key}_{row['budget_gb']}GB_{name}"))
+                    except TimeLimit:
+                        row["trace_error"] = "time limit reached while tracing"
+                    except Exception as exc:  # noqa: BLE001 - the timing stands without it
+                        row["trace_error"] = one_line(exc)
                 if profile and self.left_s(deadline_s) > 3 * predicted_call_s + 30:
                     try:
                         self.profile(pipe, cell, f"{cell.key}_{row['budget_gb']}GB_{name}.json")
@@ -223,8 +250,12 @@ class Bench:
                         mode.remove(pipe)
                 except Exception as exc:  # noqa: BLE001
                     row["remove_error"] = one_line(exc)
-                    remove_hooks(pipe)
-                    to_pageable_cpu(pipe)
+                    try:
+                        remove_hooks(pipe)
+                        to_pageable_cpu(pipe)
+                    except Exception as again:  # noqa: BLE001 - the rows so far stand
+                        self.broken = f"the pipeline was lost removing {name}: {one_line(again)}"
+                        row["remove_error"] += f"; {self.broken}"
             snap = None
             free_everything()
         return row
@@ -241,6 +272,33 @@ class Bench:
             out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
         return out
+
+    def trace(self, pipe: Any, cell: Any, mode: Any, name: str) -> dict[str, Any]:
+        """One more call of a plan row with the manager's tracer on: its events (resbench's
+        trace columns, CSV) go into profiles.tar.gz as traces/NAME.csv.gz; the row gets the
+        traced latency, compute and stall seconds, and the stalls by stage and component
+        (where the time above compute went)."""
+        import gzip
+
+        from resbench.trace import Tracer
+
+        manager = mode.handle.session.manager
+        manager.tracer = Tracer(enabled=True)
+        try:
+            t0 = time.perf_counter()
+            pipe(**cell.call, output_type="pt", generator=torch.Generator().manual_seed(0),
+                 return_dict=False)
+            sync(self.device)
+            wall = time.perf_counter() - t0
+            # a pipeline call under apply_plan leaves device time tokens (CUDA events) in
+            # the trace; TorchDriver.run resolves them, a request() context does not
+            manager.tracer.finalize(manager.device.resolve)
+            frame = manager.tracer.frame()
+        finally:
+            manager.tracer = Tracer(enabled=False)
+        self.profiles[f"traces/{name}.csv.gz"] = gzip.compress(
+            frame.to_csv(index=False).encode(), 6)
+        return {"trace_wall_s": wall, **stall_summary(frame)}
 
     def profile(self, pipe: Any, cell: Any, name: str) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -263,6 +321,26 @@ class Bench:
             path.unlink()
         finally:
             annotations.remove()
+
+
+def stall_summary(frame: Any) -> dict[str, Any]:
+    """From a resbench trace of one request: its latency, compute and stall seconds, the
+    stalls by `stage/component` (largest first) and the bytes copied in by stage."""
+    start = frame.loc[frame["kind"] == "request_start", "t_s"].min()
+    end = frame.loc[frame["kind"] == "request_end", "t_s"].max()
+    compute = frame[frame["kind"] == "compute"]
+    waits = frame[frame["kind"] == "wait"]
+    loads = frame[frame["kind"] == "load"]
+    by = waits.groupby(["stage", "component"])["stall_s"].sum().sort_values(ascending=False)
+    return {
+        "trace_latency_s": float(end - start),
+        "trace_compute_s": float((compute["end_s"] - compute["t_s"]).sum()),
+        "trace_stall_s": float(waits["stall_s"].sum()),
+        "trace_stall_by_s": {f"{st}/{c}": round(float(v), 4) for (st, c), v in by.items()
+                             if v > 0},
+        "trace_h2d_by_stage_bytes": {str(k): int(v) for k, v in
+                                     loads.groupby("stage")["bytes"].sum().items()},
+    }
 
 
 def one_line(exc: BaseException) -> str:

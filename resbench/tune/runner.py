@@ -190,6 +190,13 @@ def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[st
             # diffusers run of that stage merges none yet (`Engine.merged_refine`).
             schedule = engine.merged_refine(schedule)
     space = sweep.bind(schedule)
+    weights = sum(u.weight_bytes for u in schedule.units)
+    if options.host_budget_bytes is not None and options.host_budget_bytes < weights:
+        # the whole model cannot be pinned: every pinned plan pins what the budget holds,
+        # the units copied most first, the rest pageable (priced so by the simulator)
+        space = dataclasses.replace(space, pinned_budget_bytes=options.host_budget_bytes)
+        log(f"host budget below the model's {describe_bytes(weights)}: pinned plans pin the "
+            "units copied most within it, the rest stays pageable")
     gpu = (cleanup.enter_context(closing(make_backend(
         "cuda", spec, request, profile=profile, scale=options.scale, schedule=schedule,
         engine=engine))) if options.device == "cuda" else None)

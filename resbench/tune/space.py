@@ -102,6 +102,9 @@ class SearchSpace:
     pinned: Knob
     entries: tuple[EntrySpace, ...]
     component_kinds: tuple[tuple[str, str], ...]
+    pinned_budget_bytes: int | None = None
+    """`host.pinned_budget` of every pinned plan (not searched): a host budget below the
+    model's bytes, spent on the units copied most (`resbench.residency.pinning`)."""
 
     def plan(self, pick: Pick, *, name: str = "trial") -> Plan:
         policy = self.policy.choose(pick)
@@ -112,8 +115,10 @@ class SearchSpace:
             choice = e.choice(pick(e.param, e.distribution))
             kwargs = {k.field: k.choose(pick) for k in choice.knobs}
             components.append((e.key, STRATEGIES[choice.name].Config(**kwargs)))
-        return Plan(name=name, policy=policy, buffer_margin_bytes=int(margin or 0),
-                    host=HostOptions(pinned=pinned), components=tuple(components))
+        host = HostOptions(pinned=pinned,
+                           pinned_budget_bytes=self.pinned_budget_bytes if pinned else None)
+        return Plan(name=name, policy=policy, buffer_margin_bytes=int(margin or 0), host=host,
+                    components=tuple(components))
 
     def suggest(self, trial: Any) -> Plan:
         """The plan of an optuna trial (`suggest_categorical` / `suggest_int` per knob)."""
@@ -136,8 +141,10 @@ class SearchSpace:
         if plan.policy == "dynamic":
             _put(params, self.buffer_margin, plan.buffer_margin_bytes)
         _put(params, self.pinned, plan.host.pinned)
-        if plan.host.pinned_budget_bytes is not None:
-            raise NotRepresentable("host.pinned_budget is not part of the search space")
+        if plan.host.pinned_budget_bytes not in (None, self.pinned_budget_bytes):
+            raise NotRepresentable(
+                f"host.pinned_budget = {plan.host.pinned_budget_bytes} is not part of the search "
+                f"space (it gives {self.pinned_budget_bytes})")
         kinds = dict(self.component_kinds)
         for e in self.entries:
             configs = {plan.config_for(c, kinds[c]) for c in e.members}

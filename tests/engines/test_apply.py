@@ -268,3 +268,22 @@ def test_every_request_fits_the_budget_the_first_one_fits() -> None:
         assert torch.equal(generate(pipe, FLUX_CALL), reference)
     assert handle.session.placement.device.peak_bytes() == first_peak
     handle.remove()
+
+
+def test_remove_keeping_the_host_buffers_gives_the_pipeline_back_without_a_copy(
+        tmp_path: Path) -> None:
+    """`remove(keep_host_buffers=True)`: the same pipeline as `remove()` gives (same objects,
+    values), each CPU weight the device's host copy itself (the same memory), not a copy."""
+    pipe = wan()
+    generate(pipe, WAN_CALL, num_inference_steps=1)  # the scheduler's state after a call
+    before, state = snapshot(pipe), states(pipe)
+    plan = tmp_path / "tuned.toml"
+    plan.write_text(TUNED)
+    handle = resbench.apply_plan(pipe, plan, device="cpu")
+    generate(pipe, WAN_CALL, num_inference_steps=1)
+    assert handle.session is not None
+    device = handle.session.placement.device
+    hosts = {t.data_ptr() for key in handle.session.originals for t in device.host_tensors(key)}
+    handle.remove(keep_host_buffers=True)
+    assert_restored(pipe, before, state)
+    assert {p.data_ptr() for c in modules(pipe).values() for p in c.parameters()} <= hosts

@@ -294,3 +294,21 @@ def test_gpu_weights_are_built_before_any_budget_applies(
     for e in events:
         depth += {"budget on": 1, "whole card": 1, "budget off": -1}.get(e, 0)
         assert e != "prepare" or depth == 0
+
+
+def test_a_host_budget_below_the_model_caps_every_pinned_plan(tmp_path: Path,
+                                                              schedule: Schedule) -> None:
+    """Half the model's bytes of pinned host memory: every pinned trial plan carries the cap
+    (the tuner no longer has only all-or-nothing), and every trial, the best included, pins
+    within it."""
+    weights = sum(u.weight_bytes for u in schedule.units)
+    host = weights // 2
+    result = tune(make_options(tmp_path, n_trials=8, sampler="random", host_budget_bytes=host),
+                  schedule=schedule)
+    trials = load(tmp_path).get_trials(states=COMPLETE)
+    plans = [tomllib.loads(t.user_attrs["plan_toml"])["host"] for t in trials]
+    assert all(p.get("pinned_budget") == host for p in plans if p["pinned"])
+    assert any(p["pinned"] for p in plans)
+    assert all(t.user_attrs["pinned_host_bytes"] <= host for t in trials)
+    assert result.best.pinned_host_bytes <= host
+    assert result.best.plan.host.pinned_budget_bytes in (None, host)

@@ -30,6 +30,21 @@ class LayerwiseConfig(StrategyConfig):
     """Which blocks are resident: the first ones, or evenly spaced ones."""
 
 
+def split_blocks(units: list[UnitInfo],
+                 config: LayerwiseConfig) -> tuple[list[UnitInfo], list[UnitInfo]]:
+    """(resident blocks, streamed blocks) of a component's units (its `rest` in neither): the
+    first `resident_blocks`, or as many evenly spaced ones, stay; the others stream."""
+    blocks = [u for u in units if u.name != REST]
+    n = len(blocks)
+    r = min(config.resident_blocks, n)
+    if config.placement == "spaced" and r:
+        keep = {int((i + 0.5) * n / r) for i in range(r)}
+    else:
+        keep = set(range(r))
+    return ([b for i, b in enumerate(blocks) if i in keep],
+            [b for i, b in enumerate(blocks) if i not in keep])
+
+
 class LayerwiseStrategy(Strategy):
     """Blocks streamed in groups through a staging pool; the rest and the resident blocks are
     brought in with the use (the resident blocks once: they stay to the end)."""
@@ -41,16 +56,8 @@ class LayerwiseStrategy(Strategy):
                  ctx: ResidencyManager) -> None:
         super().__init__(component, units, config, ctx)
         assert isinstance(config, LayerwiseConfig)
-        blocks = [u for u in units if u.name != REST]
         self.rest = [u for u in units if u.name == REST]
-        n = len(blocks)
-        r = min(config.resident_blocks, n)
-        if config.placement == "spaced" and r:
-            keep = {int((i + 0.5) * n / r) for i in range(r)}
-        else:
-            keep = set(range(r))
-        self.resident_units = [b for i, b in enumerate(blocks) if i in keep]
-        streamed = [b for i, b in enumerate(blocks) if i not in keep]
+        self.resident_units, streamed = split_blocks(units, config)
         g = config.group_size
         self.groups: list[list[UnitInfo]] = [streamed[i:i + g] for i in range(0, len(streamed), g)]
         self.group_keys: list[list[UnitKey]] = [[(component, u.name) for u in grp]
