@@ -16,9 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from resbench.tune.trial_log import read_trial_log  # noqa: E402
 
 GiB = 2**30
 HEADER = ("| workers | GPUs | storage | trials/min (first {w} s of each worker) | best latency at {w} s (s) "
@@ -39,8 +44,36 @@ def summaries(paths: Iterable[Path]) -> list[dict[str, Any]]:
     docs = []
     for f in files:
         doc = json.loads(f.read_text())
-        docs += doc["storages"] if doc.get("schema") == 2 else [doc]
+        for d in doc["storages"] if doc.get("schema") == 2 else [doc]:
+            d["_dir"] = f.parent  # where its logs.tgz is
+            docs.append(d)
     return docs
+
+
+def feasible_in_window(doc: dict[str, Any], phase: dict[str, Any]) -> int | None:
+    """Feasible trials the workers finished within their own windows: from the summary, or
+    (runs before it counted them) from the workers' logs in the `logs.tgz` beside it; a
+    worker's log lists its trials in the order they finished, so its first `per_worker_own`
+    lines are the ones inside its window. None: neither is there."""
+    w = phase["window"]
+    if "feasible_own" in w:
+        return int(w["feasible_own"])
+    tgz = Path(doc.get("_dir", ".")) / "logs.tgz"
+    if "phase" not in phase or "per_worker_own" not in w or not tgz.exists():
+        return None
+    folder = f"dt/p{phase['phase']}-{phase['storage']}-{phase['workers']}w"
+    n = 0
+    with tarfile.open(tgz) as tar:
+        for i, wid in enumerate(phase["worker_ids"]):
+            try:
+                f = tar.extractfile(f"{folder}/worker-{i}.log")
+            except KeyError:
+                return None
+            if f is None:
+                return None
+            records = read_trial_log(f.read().decode(errors="replace"))
+            n += sum(bool(r.feasible) for r in records[:w["per_worker_own"].get(wid, 0)])
+    return n
 
 
 def rate(window: dict[str, Any]) -> float:
@@ -96,8 +129,12 @@ def row(summary: dict[str, Any], phase: dict[str, Any]) -> str:
     seen = ("" if shared is None else " (nvidia-smi: SHARED)" if shared else
             " (nvidia-smi: one worker per GPU)" if len(phase["gpus"]) > 1 else "")
     n_phase = f" ({mem['phase_workers']} workers)" if "phase_workers" in mem else ""
+    feas = feasible_in_window(summary, phase)
+    busy = w.get("busy_s_own")
+    detail = (f"; {feas} feasible" if feas is not None else "") + (
+        f"; {busy:.0f} s in trials" if busy is not None else "")
     return (f"| {phase['workers']} | {','.join(phase['gpus'])}{seen} | {label} "
-            f"| {rate(w):.1f} ({finished(w)}) | {_num(w['best_latency_s'])} "
+            f"| {rate(w):.1f} ({finished(w)}{detail}) | {_num(w['best_latency_s'])} "
             f"| {phase['duplicates']} | {phase['lost']} | {len(phase['check']['running'])} "
             f"| {kill_text(phase)} | {startup} | {rss} "
             f"| {_num(mem.get('host_used_before_bytes', 0) / GiB, '{:.1f}')} -> "
@@ -122,10 +159,16 @@ def speedups(docs: Sequence[dict[str, Any]]) -> list[str]:
         many = sum(rate(w) for w in manys) / len(manys)
         ratio = f"{many / one:.2f}x" if one else "–"
         best = " / ".join(_num(w["best_latency_s"]) for w in ones)
+        docs_of = {id(p): s for s in docs for p in s["phases"]}
+        feas = [[feasible_in_window(docs_of[id(p)], p) for p in phases if p["workers"] == k]
+                for k in (1, n)]
+        measured = ("" if any(f is None for fs in feas for f in fs) else
+                    "; feasible plans measured in the window: "
+                    + " -> ".join(" / ".join(str(f) for f in fs) for fs in feas))
         lines.append(f"- {kind}: {one:.1f} -> {many:.1f} trials/min with 1 -> {n} workers "
-                     f"({ratio}; 1 worker: mean of {len(ones)} studies); best latency after "
+                     f"({ratio}; 1 worker: {'one study' if len(ones) == 1 else f'mean of {len(ones)} studies'}); best latency after "
                      f"{ones[0]['window_s']:g} s: {best} -> "
-                     f"{' / '.join(_num(w['best_latency_s']) for w in manys)} s")
+                     f"{' / '.join(_num(w['best_latency_s']) for w in manys)} s{measured}")
     return lines
 
 

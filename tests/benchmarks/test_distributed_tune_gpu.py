@@ -6,6 +6,7 @@ itself ran with `--tiny` on the CPU, see benchmarks/results/distributed_tune_gpu
 from __future__ import annotations
 
 import json
+import tarfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from optuna.distributions import CategoricalDistribution
 
 from benchmarks import dt_checks
 from benchmarks.distributed_tune_gpu import parse, parse_phase
+from benchmarks.distributed_tune_gpu_report import feasible_in_window
 from benchmarks.distributed_tune_gpu_report import main as report_main
 from benchmarks.dt_workers import worker_command
 from resbench.tune.trial_log import read_trial_log, trial_line
@@ -79,6 +81,7 @@ def test_window_counts_trials_and_the_best_feasible_latency_within_it() -> None:
     assert w["best_latency_s_all"] == 2.0 and w["per_worker"] == {"h:1": 2, "h:2": 1}
     # each worker from its own first trial: h:1 (from 0 s) trials 0 and 2, h:2 (from 1 s) 1
     assert w["per_worker_own"] == {"h:1": 2, "h:2": 1} and w["trials_per_min_own"] == 18.0
+    assert w["feasible_own"] == 2 and w["busy_s_own"] == 14.0  # trials 0 and 1 fit; 5 + 4 + 5 s
     assert dt_checks.window(trials, 14.0)["per_worker_own"] == {"h:1": 3, "h:2": 1}
     assert dt_checks.first_start(trials, "h:2") == (T0 + timedelta(seconds=1)).timestamp()
 
@@ -127,10 +130,33 @@ def test_report_rows_from_a_summary(tmp_path: Path, capsys) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"schema": 2, "storages": [doc]}))
     assert report_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert ("| 2 | 0,1 (nvidia-smi: one worker per GPU) | postgresql (phase 1) | 18.0 (3) | 2.500 "
+    assert ("| 2 | 0,1 (nvidia-smi: one worker per GPU) | postgresql (phase 1) "
+            "| 18.0 (3; 2 feasible; 14 s in trials) | 2.500 "
             "| 0 | 0 | 0 | trial 3: FAIL, 18 s after the kill, by survivor's sweep (pid gone); "
             "survivor exit 130 | 40, 42 | 40.0 + 2.0 | 3.0 -> 90.0 (2 workers) "
             "| NVIDIA H200 |") in out
-    assert "| 1 | 0 | postgresql (phase 0, beside journal@1) | 9.0 (3) |" in out
-    assert "9.0 -> 18.0 trials/min with 1 -> 2 workers (2.00x" in out
+    assert "| 1 | 0 | postgresql (phase 0, beside journal@1) | 9.0 (3; 2 feasible; 14 s" in out
+    assert "9.0 -> 18.0 trials/min with 1 -> 2 workers (2.00x; 1 worker: one study)" in out
     assert "dt-postgresql-2w-p1 worker 0: budget 9, searching 39.5; first trial 40 s" in out
+
+
+def test_older_summaries_count_feasible_trials_from_the_worker_logs_beside_them(
+        tmp_path: Path) -> None:
+    """Summaries written before the launcher counted feasible trials: the report takes each
+    worker's first `per_worker_own` log lines (those inside its window) from logs.tgz."""
+    trials, logs = _run()
+    window = {k: v for k, v in dt_checks.window(trials, 10.0).items()
+              if k not in ("feasible_own", "busy_s_own")}
+    phase = {"storage": "journal", "workers": 2, "phase": 0, "worker_ids": ["h:1", "h:2"],
+             "window": window}
+    folder = tmp_path / "dt" / "p0-journal-2w"
+    folder.mkdir(parents=True)
+    for i, w in enumerate(("h:1", "h:2")):
+        (folder / f"worker-{i}.log").write_text(
+            "\n".join(trial_line(t) for t in trials if t.user_attrs["worker"] == w
+                      and t.number != 3) + "\n")
+    with tarfile.open(tmp_path / "logs.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "dt", arcname="dt")
+    # h:1's window holds trials 0 (fits) and 2 (does not); h:2's trial 1 (fits)
+    assert feasible_in_window({"_dir": tmp_path}, phase) == 2
+    assert feasible_in_window({"_dir": tmp_path / "elsewhere"}, phase) is None
