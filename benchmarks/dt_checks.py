@@ -10,7 +10,10 @@ share them:
   a Ctrl-C may be such: `cut_short`; any other is `unaccounted`), and trials left RUNNING.
 * `window`: trials finished and the best feasible latency reached within the first
   `window_s` seconds after the study's first trial started, so runs with 1 and 2 workers
-  are compared after equal wall time.
+  are compared after equal wall time; and the trials each worker finished within `window_s`
+  of its own first trial (`trials_per_min_own`: their sum per minute, so that a worker that
+  started up a few seconds later is not counted short), how many of them were feasible and
+  how long they took (`busy_s_own`: with trials of 1 to 30 s, the count alone says little).
 """
 
 from __future__ import annotations
@@ -98,19 +101,34 @@ def window(trials: Sequence[FrozenTrial], window_s: float) -> dict[str, Any]:
     if not starts:
         return {"window_s": window_s, "t0": None, "finished": 0, "complete": 0,
                 "trials_per_min": 0.0, "best_latency_s": None, "best_latency_s_all": None,
-                "per_worker": {}}
+                "per_worker": {}, "per_worker_own": {}, "trials_per_min_own": 0.0,
+                "feasible_own": 0, "busy_s_own": 0.0}
     t0 = min(starts)
     done = [t for t in trials if t.state.is_finished() and t.datetime_complete]
     inside = [t for t in done if t.datetime_complete.timestamp() <= t0 + window_s]
     fits = [t.values[0] for t in inside if feasible(t)]
     fits_all = [t.values[0] for t in done if feasible(t)]
     per_worker = Counter(str(t.user_attrs.get(WORKER_ATTR)) for t in inside)
+    own: Counter[str] = Counter()
+    mine: list[FrozenTrial] = []  # each worker's trials finished within its own window
+    for w in {str(t.user_attrs.get(WORKER_ATTR)) for t in trials if t.datetime_start}:
+        first = first_start(trials, w) if w != "None" else None
+        if first is not None:
+            got = [t for t in done if str(t.user_attrs.get(WORKER_ATTR)) == w
+                   and t.datetime_complete.timestamp() <= first + window_s]
+            own[w] = len(got)
+            mine += got
     return {"window_s": window_s, "t0": t0, "finished": len(inside),
             "complete": sum(t.state == TrialState.COMPLETE for t in inside),
             "trials_per_min": len(inside) / window_s * 60,
             "best_latency_s": min(fits, default=None),
             "best_latency_s_all": min(fits_all, default=None),
-            "per_worker": dict(per_worker)}
+            "per_worker": dict(per_worker), "per_worker_own": dict(own),
+            "trials_per_min_own": sum(own.values()) / window_s * 60,
+            # plans measured feasible, and seconds spent in trials (all workers together)
+            "feasible_own": sum(feasible(t) for t in mine),
+            "busy_s_own": sum((t.datetime_complete - t.datetime_start).total_seconds()
+                              for t in mine if t.datetime_start)}
 
 
 def first_start(trials: Sequence[FrozenTrial], worker: str) -> float | None:

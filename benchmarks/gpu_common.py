@@ -38,19 +38,28 @@ def request_label(r: Request) -> str:
     return f"{r.height}x{r.width}x{r.frames} {r.steps} steps cfg {'on' if r.cfg else 'off'}"
 
 
-def load_schedule(spec: ModelSpec, request: Request, *, scale: float, device: str) -> Schedule:
-    """The recorded schedule of `request`, from the cache when present (keyed by request)."""
+def load_schedule(spec: ModelSpec, request: Request, *, scale: float, device: str,
+                  engine: str = "zoo") -> Schedule:
+    """The recorded schedule of `request` by `engine` (`zoo`: `resbench.record`; else the
+    engine's own `record`, e.g. `diffusers`), from the cache when present (keyed by request,
+    engine and, for an engine, the torch version that recorded it)."""
     dtype = torch.float32 if device == "cpu" else None
     r = request
+    tag = RECORDER_REVISION if engine == "zoo" else f"{engine}-torch{torch.__version__}"
     name = (f"{spec.name}-{r.height}x{r.width}x{r.frames}-s{r.steps}-cfg{int(r.cfg)}{r.cfg_mode[0]}"
-            f"-g{r.guidance}-b{r.batch}-sc{scale}-{'fp32' if dtype else 'native'}-{RECORDER_REVISION}.pkl")
+            f"-g{r.guidance}-b{r.batch}-sc{scale}-{'fp32' if dtype else 'native'}-{tag}.pkl")
     path = CACHE / name
     if path.is_file():
         with path.open("rb") as f:
             schedule: Schedule = pickle.load(f)
         if schedule.request == asdict(request):
             return schedule
-    schedule = record_schedule(spec, request, scale=scale, dtype=dtype)
+    if engine == "zoo":
+        schedule = record_schedule(spec, request, scale=scale, dtype=dtype)
+    else:
+        from resbench.engines.base import make_engine
+
+        schedule = make_engine(engine, spec, scale=scale).record(request, dtype=dtype)
     CACHE.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         pickle.dump(schedule, f)

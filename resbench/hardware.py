@@ -143,6 +143,12 @@ class HardwareProfile:
     (`resbench.devices.allocator`) and decides fit / no-fit on reserved bytes against the
     budget itself, instead of the ledger against the budget less `fragmentation_fraction`.
     Optional (0: not modelled)."""
+    library_workspace_bytes: int = 0
+    """Device bytes libraries hold through the caching allocator for the whole process, on
+    the compute stream: cuBLAS / cuBLASLt's workspace, which torch allocates once per
+    (handle, stream) at the first GEMM and keeps (32 MiB on sm90 by default,
+    `CUBLAS_WORKSPACE_CONFIG` ":4096:8"). The simulator holds it from the start, in the
+    ledger and, when modelled, the allocator. Optional (0: none)."""
     schema: int = SCHEMA
     """Version of the TOML layout."""
     provenance_pairs: tuple[tuple[str, str], ...] = ()
@@ -198,7 +204,7 @@ OPTIONAL_FIELDS: tuple[str, ...] = ("attention_curve", "conv_workspace_bytes",
                                      "conv_fp32_workspace_bytes",
                                      "attention_workspace_bytes_per_flop",
                                      "attention_fp32_workspace_bytes_per_flop",
-                                     "allocator_large_buffer_bytes")
+                                     "allocator_large_buffer_bytes", "library_workspace_bytes")
 """Fields a profile TOML may leave out (their defaults model nothing); written only when set."""
 NUMERIC_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(HardwareProfile)

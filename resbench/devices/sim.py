@@ -30,7 +30,9 @@ before a new segment, `CachingAllocator.malloc_many`). The host runs one call ah
 call's start and the next call's start it issues work at the call's start time, so a block
 dropped after a call is reusable from the next call on. Fit / no-fit is then decided on
 *reserved* bytes against the budget itself (the fragmentation share is not taken off: the
-model is the fragmentation), and `peak_reserved_bytes` reports the modelled reserve.
+model is the fragmentation), and `peak_reserved_bytes` reports the modelled reserve. The
+profile's `library_workspace_bytes` (cuBLAS's workspace, held for the whole process) counts
+from the start in both.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ class SimDevice(Device):
                 large_buffer_bytes=profile.allocator_large_buffer_bytes)
         else:
             capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
-        self.ledger = Ledger(capacity, reserved_bytes=state_bytes)
+        library = profile.library_workspace_bytes
+        self.ledger = Ledger(capacity, reserved_bytes=state_bytes + library)
+        if self.allocator is not None and library:
+            self._malloc("library", library, "compute", "cuBLAS workspace")
         if self.allocator is not None and state_bytes:
             self._malloc("state", state_bytes, "compute", "request state")
         rounding = max(1, profile.allocator_rounding_bytes)

@@ -1,4 +1,4 @@
-"""The third out-of-sample round's pairs (`benchmarks/gpu_oos3.py`): new, and its read-back."""
+"""The third out-of-sample round's read-back (`benchmarks/gpu_oos3.py` report)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import gpu_oos3
-from benchmarks.gpu_oos3_report import write_report
-
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-
-
-def test_no_pair_was_in_an_earlier_round() -> None:
-    earlier = set(pd.read_csv(RESULTS / "gpu_h200_oos_predictions.csv").pair_id)
-    ids = [gpu_oos3.pair_id(s, b, p) for s, p, b in gpu_oos3.PRESET_PAIRS]
-    assert len(ids) == len(set(ids)) and not set(ids) & earlier
-    shapes = {s for s, _, _ in gpu_oos3.PRESET_PAIRS} | {s for s, _, _ in gpu_oos3.TUNED_CELLS}
-    assert shapes == set(gpu_oos3.SHAPES)
-    budgets = [gpu_oos3.budget_bytes(b) for _, _, b in gpu_oos3.PRESET_PAIRS]
-    assert None in budgets and min(b for b in budgets if b) == 16 * 10**9
-    tuned = sum(n for _, _, n in gpu_oos3.TUNED_CELLS)
-    assert len(ids) + tuned >= 30
+from benchmarks.oos_report import write_report
 
 
 def test_report_joins_predictions_and_measurements(tmp_path: Path) -> None:
@@ -44,7 +30,7 @@ def test_report_joins_predictions_and_measurements(tmp_path: Path) -> None:
     ])
     pred.to_csv(tmp_path / "pred.csv", index=False)
     meas.to_csv(tmp_path / "meas.csv", index=False)
-    text = write_report(tmp_path / "pred.csv", tmp_path / "meas.csv", tmp_path / "r.md").read_text()
+    text = write_report(gpu_oos3.ROUND3, tmp_path / "pred.csv", tmp_path / "meas.csv", tmp_path / "r.md").read_text()
     assert "| a | p1 | fits | ran | 1.000 / 1.100 | -9.1 |" in text
     assert "| r | 2 | 1 | 1 | 1.00 | 1.00 |" in text
     assert "fit / no-fit agrees on 3 of 3" in text

@@ -163,3 +163,16 @@ def test_simulate_reports_the_copy_streams_reserve_and_fits_below_it_at_the_cap(
     assert needed_budget_bytes(schedule, plan, profile, call_times_s=times) == 51 * MiB // 2
     capped = simulate(schedule, plan, profile, capacity_bytes=24 * MiB, call_times_s=times)
     assert capped.peak_reserved_bytes == 24 * MiB
+
+
+def test_the_library_workspace_is_held_from_the_start_on_the_compute_stream() -> None:
+    profile = dataclasses.replace(ideal_profile(), allocator_rounding_bytes=2 * MiB,
+                                  allocator_large_buffer_bytes=20 * MiB,
+                                  library_workspace_bytes=32 * MiB)
+    dev = SimDevice(profile, unit_bytes={A: 12 * MiB}, call_times_s=[4 * MS],
+                    capacity_bytes=100 * MiB, state_bytes=3 * MiB)
+    assert dev.allocator is not None
+    # 32 MiB segment for cuBLAS, a 20 MiB one (3 MiB is below 10 MiB) for the state
+    assert (dev.used_bytes(), dev.allocator.reserved_bytes) == (35 * MiB, 52 * MiB)
+    dev.compute_begin(call(0, activation_bytes=12 * MiB))  # fills the state segment's 17 MiB
+    assert dev.allocator.reserved_bytes == 52 * MiB

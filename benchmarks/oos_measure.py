@@ -1,4 +1,5 @@
-"""The `measure` mode of benchmarks/gpu_oos3.py: the committed pairs, run on one device.
+"""The `measure` mode of the out-of-sample rounds (`benchmarks/oos_round.py`, run through a
+round's script, e.g. `benchmarks/gpu_oos4.py measure`): the committed pairs, on one device.
 
 One process. Per model the diffusers engine's weights are built once (drawn on the card,
 pinned on the host) and shared by every request's `CudaBackend`; per model the first pair
@@ -8,7 +9,10 @@ once, timed, warm. A pair that does not fit (`DoesNotFitError`: device out of me
 memory) is a result, not a failure. One CSV row per pair, flushed, so a run cut short keeps
 its rows; pairs whose expected seconds would pass the deadline are skipped, named.
 ``--device cpu --scale 0.02`` runs the same loop through `CpuBackend` on tiny requests
-(plumbing only; its numbers mean nothing).
+(plumbing only; its numbers mean nothing). Writes two files under the folder given: the
+measured CSV (per-stage latency and allocated-bytes peaks included), `<name>_units.csv` (the
+card's GPU seconds per unit and stage, from the traced run) and a JSON beside them (command,
+environment, phases).
 """
 
 from __future__ import annotations
@@ -19,12 +23,10 @@ import gc
 import hashlib
 import json
 import os
-import pickle
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +40,18 @@ from resbench.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = "diffusers"
-MEASURED_NAME = "gpu_oos3_measured.csv"
 MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale", "schedule",
                    "request_run", "budget_bytes_run", "warm_up", "latency_s",
                    "peak_allocated_bytes", "peak_reserved_bytes", "setup_s", "compute_s",
                    "stall_s", "h2d_bytes", "d2h_bytes", "pinned_host_bytes", "wall_s",
-                   "elapsed_s"]
+                   "elapsed_s", "stage_latency_s", "stage_max_allocated_bytes",
+                   "allocated_before_bytes", "allocated_after_bytes"]
+COMPUTE_FIELDS = ["pair_id", "stage", "component", "unit", "calls", "compute_s"]
+"""The third file: per pair, the card's GPU seconds of each unit's calls (from the trace's
+compute spans), to set against the cost model unit by unit."""
 DRY_SIZE = 32
 """--device cpu: every request shrinks to 32x32 (5 frames for video), at most 2 steps."""
-CACHE = ROOT / "runs" / "schedules"
-WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as gpu_oos3.WEIGHTS_S: deadline checks
+WEIGHTS_S = {"wan2.2": 50.0, "flux.1-dev": 28.0}  # as oos_round.WEIGHTS_S: deadline checks
 
 
 def fingerprint(schedule: Schedule) -> str:
@@ -58,25 +62,12 @@ def fingerprint(schedule: Schedule) -> str:
 
 
 def record_schedule(model: str, request: Request, *, scale: float, dtype: Any = None) -> Schedule:
-    """The diffusers engine's recording of `request` (cached under runs/schedules/)."""
-    import torch
+    """The diffusers engine's recording of `request` (cached under runs/schedules/ by
+    `benchmarks.gpu_common.load_schedule`)."""
+    from benchmarks.gpu_common import load_schedule
 
-    from resbench.engines.base import make_engine
-
-    r = request
-    name = (f"oos3-{ENGINE}-{model}-{r.height}x{r.width}x{r.frames}-s{r.steps}-cfg{int(r.cfg)}"
-            f"-sc{scale}-{'fp32' if dtype is not None else 'native'}-torch{torch.__version__}.pkl")
-    path = CACHE / name
-    if path.is_file():
-        with path.open("rb") as f:
-            schedule: Schedule = pickle.load(f)
-        if schedule.request == asdict(request):
-            return schedule
-    schedule = make_engine(ENGINE, get_model(model), scale=scale).record(request, dtype=dtype)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(schedule, f)
-    return schedule
+    return load_schedule(get_model(model), request, scale=scale,
+                         device="cpu" if dtype is not None else "cuda", engine=ENGINE)
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -159,7 +150,11 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
                    warm_up=warm_up)
         source = row.plan_source
         plan = resolve_plan(ROOT / source if source.endswith(".toml") else source)
-        r = backend.run(plan, budget, trace=False, warmup=warm_up)
+        # traced: the CUDA device times every call with events whether traced or not, so
+        # the trace adds host-side rows only; it gives per-stage latency and per-unit compute
+        out["allocated_before_bytes"] = _allocated(runs.device)  # what no unit holds
+        r = backend.run(plan, budget, trace=True, warmup=warm_up)
+        out["allocated_after_bytes"] = _allocated(runs.device)
         runs.warm = True
     except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
         return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
@@ -167,12 +162,43 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug: keep it, go on with the next pair
         return {**out, "status": "error", "failure": type(exc).__name__,
                 "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
+    stages, peaks, units = trace_summary(r.trace)
     return {**out, "status": "ok", "latency_s": r.latency_s,
+            "stage_latency_s": json.dumps(stages), "stage_max_allocated_bytes": json.dumps(peaks),
+            "units": units,
             "peak_allocated_bytes": r.peak_device_bytes,
             "peak_reserved_bytes": r.peak_reserved_bytes, "setup_s": r.setup_s,
             "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
             "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
             "wall_s": time.perf_counter() - t0}
+
+
+def _allocated(device: str) -> int | None:
+    """Bytes the caching allocator has allocated now (None off the card)."""
+    import torch
+
+    return int(torch.cuda.memory_allocated()) if device == "cuda" else None
+
+
+def trace_summary(trace: pd.DataFrame | None) -> tuple[dict[str, float], dict[str, int],
+                                                         list[dict[str, Any]]]:
+    """(seconds per stage, the most bytes allocated at a manager action per stage, per
+    (stage, component, unit) calls and GPU seconds) of one traced run."""
+    if trace is None or trace.empty:
+        return {}, {}, []
+    start = trace.loc[trace.kind == "request_start", "t_s"].min()
+    request = trace[trace.t_s >= start]
+    enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
+    exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()
+    stages = {str(k): float(exits[k] - enters[k]) for k in enters.index if k in exits.index}
+    memory = trace[trace.kind == "memory"]
+    peaks = {str(k): int(v) for k, v in memory.groupby("stage").device_bytes.max().items()}
+    compute = request[request.kind == "compute"].assign(
+        seconds=lambda d: d.end_s - d.t_s)
+    units = [{"stage": st, "component": c, "unit": u, "calls": int(len(g)),
+              "compute_s": float(g.seconds.sum())}
+             for (st, c, u), g in compute.groupby(["stage", "component", "unit"], sort=False)]
+    return stages, peaks, units
 
 
 def by_model(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -213,9 +239,12 @@ def environment() -> dict[str, Any]:
 
 
 def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: float = 1.0,
-            pairs: list[str] | None = None, deadline_s: float = 262.0) -> Path:
+            pairs: list[str] | None = None, deadline_s: float = 262.0,
+            measured_name: str = "gpu_oos3_measured.csv",
+            host_limit_bytes: int | None = None) -> Path:
     """Run the pairs of `predictions` (all, or those named) on `device`; write
-    `out_dir/gpu_oos3_measured.csv` (and a `.json` with the environment and phases)."""
+    `out_dir/measured_name` (and a `.json` with the environment and phases). A pair needing
+    more host memory than `host_limit_bytes` is skipped, named (the machine is shared)."""
     start = time.perf_counter()
     frame = read_predictions(predictions)
     if pairs:
@@ -227,20 +256,26 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
     log: dict[str, Any] = {"command": " ".join(sys.argv), "environment": environment(),
                            "predictions": str(predictions), "deadline_s": deadline_s,
                            "models": []}
-    log_path = (out_dir / MEASURED_NAME).with_suffix(".json")
-    path = out_dir / MEASURED_NAME
+    log_path = (out_dir / measured_name).with_suffix(".json")
+    path = out_dir / measured_name
 
     def late(seconds: float) -> bool:
         return device == "cuda" and time.perf_counter() - start + seconds > deadline_s
 
-    with path.open("w", newline="") as f:
+    units_path = path.with_name(path.stem + "_units.csv")
+    with path.open("w", newline="") as f, units_path.open("w", newline="") as fu:
         writer = csv.DictWriter(f, fieldnames=MEASURED_FIELDS, extrasaction="ignore")
         writer.writeheader()
+        unit_writer = csv.DictWriter(fu, fieldnames=COMPUTE_FIELDS)
+        unit_writer.writeheader()
 
         def write(res: dict[str, Any]) -> None:
             res["elapsed_s"] = time.perf_counter() - start
             writer.writerow(res)
+            for u in res.pop("units", ()):
+                unit_writer.writerow({"pair_id": res["pair_id"], **u})
             f.flush()
+            fu.flush()
             os.fsync(f.fileno())
             print("ROW", json.dumps({k: res.get(k) for k in (
                 "pair_id", "status", "latency_s", "peak_allocated_bytes", "failure",
@@ -261,7 +296,11 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
                 for row in rows.itertuples():
                     extra = (2 * row.expected_gpu_s if row.pred_fits and not runs.warm
                              else row.expected_gpu_s)
-                    if late(extra):
+                    host = getattr(row, "pred_host_bytes", None)
+                    if host_limit_bytes is not None and host is not None and host > host_limit_bytes:
+                        res = {"pair_id": row.pair_id, "status": "skipped",
+                               "message": f"host memory: needs {host / 1e9:.1f} GB"}
+                    elif late(extra):
                         res = {"pair_id": row.pair_id, "status": "skipped", "message": "deadline"}
                     else:
                         res = measure_pair(runs, row)
