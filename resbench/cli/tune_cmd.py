@@ -82,6 +82,18 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
     return names
 
 
+def _screen_fraction(_ctx: click.Context, _param: click.Parameter, value: str) -> float | None:
+    if value.strip().lower() == "off":
+        return None
+    try:
+        pct = float(value.strip().rstrip("%"))
+    except ValueError:
+        pct = -1.0
+    if not pct >= 0:  # also NaN
+        raise click.BadParameter(f"{value!r}: give a percentage ≥ 0 (e.g. 10) or `off`")
+    return pct / 100.0
+
+
 @click.command("tune")
 @model_option
 @engine_option
@@ -109,6 +121,10 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
               help="[default: <model>__<hardware>__<budget>__<request>]")
 @click.option("--device", type=click.Choice(["sim", "cuda"]), default="sim",
               help="Score trials in the simulator, or measure each on the GPU.")
+@click.option("--screen-margin", default="10", callback=_screen_fraction, metavar="PCT|off",
+              help="With --device cuda: a plan the simulator finds short of memory even at the "
+                   "budget plus PCT %% is recorded infeasible without a GPU run; `off` runs "
+                   "every plan [default: 10].")
 @click.option("--validate", type=click.IntRange(min=0), default=0, metavar="K",
               help="Re-run the top K simulated plans on the GPU; the best real one wins.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -126,7 +142,8 @@ def _objectives(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 def command(model: str, engine: str | None, budget: int, host_budget: int | None,
             hardware: str | None, sweep: Path | None, n_trials: int, timeout: float | None,
             sampler: str | None, objectives: tuple[str, ...], seed: int | None,
-            storage: str | None, study_name: str | None, device: str, validate: int,
+            storage: str | None, study_name: str | None, device: str,
+            screen_margin: float | None, validate: int,
             out: Path | None, presets: Path | None, scale: float, report_path: Path | None,
             no_report: bool, as_json: bool, **kwargs: Any) -> None:
     """Search strategy assignments and buffer margins for the fastest plan under --budget.
@@ -145,6 +162,7 @@ def command(model: str, engine: str | None, budget: int, host_budget: int | None
         sweep=sweep, n_trials=n_trials, timeout_s=timeout, sampler=sampler,
         objectives=objectives, seed=seed, storage=storage, study_name=study_name,
         device=device, validate=validate, presets_dir=presets, scale=scale,  # type: ignore[arg-type]
+        screen_fraction=screen_margin,
         request=request)
 
     def log(line: str) -> None:

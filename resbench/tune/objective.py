@@ -71,6 +71,9 @@ class Evaluation:
     """Smallest budget this plan (static version) is estimated to fit in; set when it did not."""
     measured: bool = False
     """True for a real run on the GPU, False for the simulator."""
+    screened: bool = False
+    """True when the plan was not run on the GPU because the simulator found it short of
+    memory even at the budget plus the screen margin (`Evaluator.screen_fraction`)."""
 
     @property
     def margin_bytes(self) -> int:
@@ -108,6 +111,8 @@ class Evaluation:
                          needed_budget_bytes=self.needed_budget_bytes)
         if self.measured:
             attrs["measured"] = True
+        if self.screened:
+            attrs["screened"] = True
         return attrs
 
 
@@ -127,9 +132,16 @@ class Evaluator:
     """
 
     def __init__(self, schedule: Schedule, profile: HardwareProfile, *, budget_bytes: int,
-                 host_budget_bytes: int, backend: Backend | None = None) -> None:
-        """`backend`: where trials run (`resbench.execution`); None: the simulator."""
+                 host_budget_bytes: int, backend: Backend | None = None,
+                 screen_fraction: float | None = None) -> None:
+        """`backend`: where trials run (`resbench.execution`); None: the simulator.
+
+        `screen_fraction`: with a measuring backend, a plan the simulator finds short of
+        memory even at `budget × (1 + screen_fraction)` is recorded infeasible without
+        running it (`Evaluation.screened`); None runs every plan. The margin is there
+        because the simulator's fit line is not exact near the budget (issue 14)."""
         self.schedule = schedule
+        self.screen_fraction = screen_fraction
         self.profile = profile
         self.budget_bytes = budget_bytes
         self.host_budget_bytes = host_budget_bytes
@@ -147,6 +159,8 @@ class Evaluator:
         """Score `plan` under the budget (or on the whole card with `full_card`)."""
         capacity = None if full_card else self.budget_bytes
         allowed = self.sim_capacity(capacity)
+        if not full_card and (screened := self.screen(plan, allowed)) is not None:
+            return screened
         try:
             r = self.run(plan, capacity)
         except DoesNotFitError as exc:
@@ -163,6 +177,29 @@ class Evaluator:
                           pinned_host_bytes=r.pinned_host_bytes, stall_s=r.stall_s,
                           h2d_bytes=r.h2d_bytes, d2h_bytes=r.d2h_bytes, capacity_bytes=allowed,
                           measured=self.measured)
+
+    def screen(self, plan: Plan, allowed_bytes: int) -> Evaluation | None:
+        """The infeasible `Evaluation` of a plan not worth a GPU run, else None."""
+        if not self.measured or self.screen_fraction is None:
+            return None
+        wide = min(int(self.budget_bytes * (1.0 + self.screen_fraction)),
+                   self.profile.usable_bytes)
+        try:
+            simulate(self.schedule, plan, self.profile, capacity_bytes=wide,
+                     tracer=Tracer(enabled=False), call_times_s=self.call_times_s)
+        except DoesNotFitError as exc:
+            short = f"{exc.missing_bytes / 1e9:.2f} GB short" if exc.missing_bytes else "short"
+            missing = exc.missing_bytes + max(0, wide - allowed_bytes)  # at least, at the budget
+            return Evaluation(
+                plan=plan, fits=False, latency_s=INFEASIBLE_LATENCY_S,
+                peak_device_bytes=allowed_bytes + missing,
+                pinned_host_bytes=self.pinned_estimate(plan), capacity_bytes=allowed_bytes,
+                missing_bytes=missing,
+                failed_at=f"{exc.component}.{exc.unit}" if exc.component else None,
+                failure=(f"not run on the GPU: the simulator finds it {short} even at "
+                         f"{wide / 1e9:.2f} GB (the budget + {self.screen_fraction:.0%})"),
+                needed_budget_bytes=self.needed_budget(plan), screened=True)
+        return None
 
     def sim_capacity(self, capacity_bytes: int | None) -> int:
         """Bytes a run may fill: the simulator takes the fragmentation share off the budget;

@@ -96,6 +96,9 @@ class TuneOptions:
     """sim: score trials with the simulator; cuda: measure each on the GPU."""
     validate: int = 0
     """Re-measure the best K simulated plans on the GPU; the best real one is the answer."""
+    screen_fraction: float | None = 0.10
+    """With device cuda: plans the simulator finds short even at the budget plus this share
+    are recorded infeasible without a GPU run; None measures every plan."""
 
 
 class NoFeasiblePlanError(DoesNotFitError):
@@ -201,7 +204,7 @@ def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[st
         "cuda", spec, request, profile=profile, scale=options.scale, schedule=schedule,
         engine=engine))) if options.device == "cuda" else None)
     evaluator = Evaluator(schedule, profile, budget_bytes=budget, host_budget_bytes=host_budget,
-                          backend=gpu)
+                          backend=gpu, screen_fraction=options.screen_fraction)
     baselines = _baselines(options.presets_dir, space, evaluator, spec)
     for b in baselines:
         if b.params is not None and b.evaluation is not None and b.evaluation.feasible(host_budget):

@@ -125,3 +125,41 @@ def test_must_move_bytes_raise_the_bound_when_weights_do_not_fit(
     weights = sum(u.weight_bytes for u in schedule.units)
     must_move = max(0, weights - (e.sim_capacity(budget) - schedule.state_bytes))
     assert e.lower_bound_s() == pytest.approx(max(sum(e.call_times_s), must_move / 1e3))
+
+
+class CountingGPU:
+    """A measuring backend that records which plans it was asked to run (simulates them)."""
+
+    measured = True
+
+    def __init__(self, schedule: Schedule, profile: HardwareProfile) -> None:
+        self.schedule, self.profile, self.ran = schedule, profile, []
+
+    def run(self, plan: Plan, capacity_bytes: int | None):  # noqa: ANN201
+        from resbench.drivers.replay import simulate
+        self.ran.append(plan.name)
+        return simulate(self.schedule, plan, self.profile, capacity_bytes=capacity_bytes)
+
+
+def test_the_gpu_tuner_skips_plans_the_simulator_finds_far_short(
+        schedule: Schedule, profile: HardwareProfile) -> None:
+    needed = evaluator(schedule, profile).needed_budget(STREAMED)
+    assert needed is not None
+    gpu = CountingGPU(schedule, profile)
+
+    def on_gpu(budget: int, screen: float | None) -> Evaluator:
+        return Evaluator(schedule, profile, budget_bytes=budget, backend=gpu,  # type: ignore[arg-type]
+                         host_budget_bytes=profile.host_ram_bytes, screen_fraction=screen)
+
+    far = on_gpu(needed // 2, 0.10).evaluate(STREAMED)  # short even at 1.1 x the budget
+    assert gpu.ran == [] and far.screened and not far.measured and not far.fits
+    assert far.latency_s == INFEASIBLE_LATENCY_S and far.missing_bytes > 0
+    assert far.peak_violation_bytes > 0 and far.failure.startswith("not run on the GPU")
+    assert far.user_attrs()["screened"] is True and "measured" not in far.user_attrs()
+    # near the line the GPU decides: 3 % short is within the 10 % margin, so it runs
+    near = on_gpu(int(needed * 0.97), 0.10).evaluate(STREAMED)
+    assert gpu.ran == [STREAMED.name] and not near.screened and near.measured
+    # without a screen every plan runs, and a fitting plan is never screened
+    on_gpu(needed // 2, None).evaluate(STREAMED)
+    fits = on_gpu(needed * 2, 0.10).evaluate(STREAMED)
+    assert gpu.ran == [STREAMED.name] * 3 and fits.fits and not fits.screened

@@ -37,10 +37,24 @@ def test_option_set_is_deliberate() -> None:
     assert names == sorted([
         "--model", "--engine", "--budget", "--host-budget", "--hardware", "--sweep", "--n-trials",
         "--timeout", "--sampler", "--objectives", "--seed", "--storage", "--study-name",
-        "--device", "--validate", "--out", "--presets", "--scale", "--height", "--width",
+        "--device", "--screen-margin", "--validate", "--out", "--presets", "--scale", "--height", "--width",
         "--frames", "--steps", "--cfg", "--cfg-mode", "--batch", "--json", "--report",
         "--no-report"])
     assert cli.commands["tune"] is tune_command
+
+
+@pytest.mark.parametrize(("text", "fraction"), [("10", 0.10), ("2.5%", 0.025), ("0", 0.0),
+                                              ("off", None)])
+def test_screen_margins_are_percentages_or_off(text: str, fraction: float | None) -> None:
+    ctx = tune_command.make_context("tune", ["--budget", "48GB", "--screen-margin", text])
+    assert ctx.params["screen_margin"] == fraction
+
+
+def test_a_bad_screen_margin_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *TINY, "--budget=48GB", "--screen-margin=-5")
+    assert code == 2 and out == ""
+    line = error_line(err)
+    assert "-5" in line and "percentage" in line and "off" in line
 
 
 @pytest.mark.parametrize(("text", "nbytes"), [
