@@ -28,7 +28,9 @@ from resbench.models.base import (
     build_component,
     component_of,
     init_buffers,
+    retie,
     tensor_seed,
+    tied_parameters,
     unit_slots,
 )
 
@@ -263,7 +265,9 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
         module = build_component(spec, scale)
         sig = _signature(module)
         source = built.get(sig) if share_identical else None
+        ties = tied_parameters(module)
         module.to_empty(device=device)
+        retie(ties)  # to_empty unties them: a tied weight would be copied and moved twice
         if source is None:
             fill_random(module, seed=seed, component=spec.name)
             capture_units(host, spec.name, unit_slots(module), pin=pin)

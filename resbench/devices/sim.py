@@ -76,7 +76,11 @@ class SimDevice(Device):
         else:
             capacity = int(capacity * (1.0 - profile.fragmentation_fraction))
         library = profile.library_workspace_bytes
-        self.ledger = Ledger(capacity, reserved_bytes=state_bytes + library)
+        # With the allocator modelled, it alone decides fit (on reserved bytes): the ledger,
+        # whose weights are rounded up to 2 MiB each, keeps counting but refuses nothing.
+        self._cap = capacity
+        self.ledger = Ledger(capacity if self.allocator is None else 1 << 62,
+                             reserved_bytes=state_bytes + library)
         if self.allocator is not None and library:
             self._malloc("library", library, "compute", "cuBLAS workspace")
         if self.allocator is not None and state_bytes:
@@ -304,7 +308,7 @@ class SimDevice(Device):
         return self.ledger.used
 
     def free_bytes(self) -> int:
-        return self.ledger.capacity_bytes - self.ledger.used
+        return self._cap - self.ledger.used
 
     def peak_bytes(self) -> int:
         return self.ledger.peak
@@ -316,7 +320,7 @@ class SimDevice(Device):
         return float(token)
 
     def capacity_bytes(self) -> int:
-        return self.ledger.capacity_bytes
+        return self._cap
 
     def peak_reserved_bytes(self) -> int | None:
         """Peak bytes the modelled caching allocator reserved (None: not modelled)."""

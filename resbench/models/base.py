@@ -166,7 +166,9 @@ def materialize(
     """
     device = torch.device(device)
     component = component_of(module, component)
+    ties = tied_parameters(module)
     module.to_empty(device=device)
+    retie(ties)
     for qualname, p in module.named_parameters():
         gen = torch.Generator().manual_seed(tensor_seed(seed, component, qualname))
         if p.dim() >= 2:
@@ -179,6 +181,29 @@ def materialize(
         p.copy_(values.to(p.dtype))
     init_buffers(module)
     return module
+
+
+TiedGroup = list[tuple[nn.Module, str]]
+
+
+def tied_parameters(module: nn.Module) -> list[TiedGroup]:
+    """Groups of (module, attribute) slots that hold one Parameter object (T5's shared
+    embedding and its encoder's `embed_tokens`), first holder first."""
+    holders: dict[int, TiedGroup] = {}
+    for mod in module.modules():
+        for attr, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((mod, attr))
+    return [g for g in holders.values() if len(g) > 1]
+
+
+def retie(groups: list[TiedGroup]) -> None:
+    """Make every slot of each group hold its first holder's Parameter again: `to_empty`
+    gives each slot its own tensor, so a tied weight would take its bytes twice."""
+    for (first, first_attr), *rest in groups:
+        p = first._parameters[first_attr]
+        for mod, attr in rest:
+            mod._parameters[attr] = p
 
 
 def init_buffers(module: nn.Module) -> None:

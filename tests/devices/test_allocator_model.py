@@ -176,3 +176,17 @@ def test_the_library_workspace_is_held_from_the_start_on_the_compute_stream() ->
     assert (dev.used_bytes(), dev.allocator.reserved_bytes) == (35 * MiB, 52 * MiB)
     dev.compute_begin(call(0, activation_bytes=12 * MiB))  # fills the state segment's 17 MiB
     assert dev.allocator.reserved_bytes == 52 * MiB
+
+
+def test_with_the_allocator_modelled_the_rounded_ledger_refuses_nothing() -> None:
+    # 18 units of 1.1 MiB: the ledger rounds each to 2 MiB (36 MiB, over a 30 MiB cap), the
+    # allocator packs them into one 20 MiB segment of the H2D stream (19.8 MiB allocated)
+    profile = dataclasses.replace(ideal_profile(), allocator_rounding_bytes=2 * MiB,
+                                  allocator_large_buffer_bytes=20 * MiB)
+    keys = [("dit", f"blocks.{i}") for i in range(18)]
+    dev = SimDevice(profile, unit_bytes=dict.fromkeys(keys, 11 * MiB // 10),
+                    call_times_s=[4 * MS], capacity_bytes=30 * MiB)
+    for key in keys:
+        dev.h2d(key)
+    assert dev.allocator is not None and dev.allocator.reserved_bytes == 20 * MiB
+    assert (dev.used_bytes(), dev.capacity_bytes()) == (36 * MiB, 30 * MiB)
