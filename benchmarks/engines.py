@@ -95,7 +95,7 @@ class Cell:
     call: dict[str, Any]
     budgets_bytes: tuple[int, ...]
     plans: dict[int, str]
-    """budget → tuned plan file under PLANS."""
+    """budget → tuned plan file under the plans folder (`--plans`, default PLANS)."""
     order: tuple[tuple[Any, str], ...]
     """(budget, row) in priority order: budget in bytes, "card" or "host"; row a peer mode,
     "tuned" or "preset:NAME"."""
@@ -411,7 +411,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
     done: dict[tuple[Any, str], dict[str, Any]] = {}
     for budget, name in cell.order:
         if name == "tuned":
-            path = PLANS / (cell.plans[budget] if budget != "host" else str(cell.host_plan))
+            path = b.plans / (cell.plans[budget] if budget != "host" else str(cell.host_plan))
             if not path.is_file():
                 row = {**head(cell.budgets_bytes[0] if budget == "host" else budget,
                               "resbench-tuned", "tuned"), "status": "skipped",
@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", default="flux-1024-s8,wan-480x832x17-s4",
                     help="comma-separated cell keys, run in this order; known: "
                          + ", ".join(c.key for c in cells(False)))
+    ap.add_argument("--plans", type=Path, default=PLANS,
+                    help="folder of the tuned plans (default: benchmarks/results/engines_plans)")
     ap.add_argument("--host-limit-gb", type=float, default=None,
                     help="host memory this process may fill (GB; default: the host's "
                          "MemTotal): rows that would pass it are no-fit rows, not run; give "
@@ -564,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     b.host_limit_bytes = (int(args.host_limit_gb * GB) if args.host_limit_gb
                           else host_ram_bytes())
     b.env["host_limit_bytes"] = b.host_limit_bytes
+    b.plans = args.plans
+    b.env["plans"] = str(args.plans)
 
     def on_alarm(signum: int, frame: Any) -> None:
         raise TimeLimit

@@ -118,6 +118,8 @@ class Bench:
     env: dict[str, Any] = field(default_factory=dict)
     host_limit_bytes: int = 1 << 40
     """Host memory the process may fill (`--host-limit-gb`)."""
+    plans: Path = Path("benchmarks/results/engines_plans")
+    """Folder of the tuned plans (`--plans`)."""
     broken: str | None = None
     """Why the cell's pipeline cannot run more rows (a removal that failed), if it cannot."""
 

@@ -24,7 +24,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PLANS = Path(__file__).parent / "results" / "engines_plans"
-PROFILE = Path(__file__).parent / "results" / "h200-calibrated.toml"
+PROFILE = Path(__file__).parent / "results" / "gpu_oos4_profile.toml"
+"""The H200 calibration with the caching-allocator model, which run 3's plans were tuned on."""
 CELLS = {  # cell → (model, request)
     "flux-1024-s8": ("flux.1-dev", {"height": 1024, "width": 1024, "steps": 8, "cfg": False}),
     "wan-480x832x17-s4": ("wan2.2-t2v-a14b", {"height": 480, "width": 832, "frames": 17,
@@ -62,7 +63,8 @@ def totals(frame: pd.DataFrame) -> dict[str, float]:
             "h2d_gb": float(frame.loc[frame["kind"] == "load", "bytes"].sum() / 1e9)}
 
 
-def simulated(cell: str, budget_gb: float, plan_path: Path) -> pd.DataFrame:
+def simulated(cell: str, budget_gb: float, plan_path: Path,
+              hardware: Path = PROFILE) -> pd.DataFrame:
     from resbench.drivers.replay import simulate
     from resbench.engines.base import make_engine
     from resbench.models.registry import get_model
@@ -74,7 +76,7 @@ def simulated(cell: str, budget_gb: float, plan_path: Path) -> pd.DataFrame:
     model, request = CELLS[cell]
     spec = get_model(model)
     schedule = make_engine("diffusers", spec).record(Request.for_model(spec, **request))
-    run = simulate(schedule, load_plan(plan_path), resolve_hardware(str(PROFILE)),
+    run = simulate(schedule, load_plan(plan_path), resolve_hardware(str(hardware)),
                    capacity_bytes=int(budget_gb * 1e9), tracer=Tracer())
     assert run.trace is not None
     return run.trace
@@ -101,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="plan TOML [default: engines_plans/<cell>-<budget>GB.toml]")
     ap.add_argument("--run", type=Path, default=None, help="a run folder of engines.py")
     ap.add_argument("--row", default="resbench-tuned")
+    ap.add_argument("--hardware", type=Path, default=PROFILE)
     args = ap.parse_args(argv)
     plan = args.plan or PLANS / f"{args.cell}-{args.budget_gb:g}GB.toml"
-    sim = simulated(args.cell, args.budget_gb, plan)
+    sim = simulated(args.cell, args.budget_gb, plan, args.hardware)
     tables: dict[str, Any] = {"sim": by_stage(sim)}
     sums = {"sim": totals(sim)}
     if args.run is not None:

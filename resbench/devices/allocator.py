@@ -19,7 +19,9 @@ sets (the budget):
 * when no cached block fits and a new segment would pass the cap, it releases whole free
   segments of the request's pool, largest first, then synchronises (every pending block
   becomes free) and releases every whole free segment, then tries once more; a request that
-  still does not fit raises `AllocatorOOM` (the card's `OutOfMemoryError`).
+  still does not fit raises `AllocatorOOM` (the card's `OutOfMemoryError`). Both steps wait
+  for the device (event synchronisation, `cudaFree`): `syncs` counts them, and the simulated
+  device makes the host, and so every stream, wait for the work in flight.
 
 Not modelled: the order of `cudaMalloc` failures when the card itself is full (the cap is
 the budget), garbage-collection thresholds, expandable segments, graph pools.
@@ -91,6 +93,9 @@ class CachingAllocator:
         self.peak_allocated_bytes = 0
         self.peak_reserved_bytes = 0
         self._order = 0
+        self.syncs = 0
+        """Times an allocation at the cap synchronised the device (waited for the events of
+        blocks other streams still used, or gave segments back: `cudaFree` synchronises)."""
 
     def segment_bytes(self, size: int) -> int:
         """Bytes of the segment a new `size`-byte block (rounded) gets."""
@@ -181,6 +186,8 @@ class CachingAllocator:
         self.pending = still
 
     def _synchronize(self) -> None:
+        if self.pending:
+            self.syncs += 1
         for b in self.pending:
             b.ready_s = None
             self._coalesce(b)
@@ -247,3 +254,4 @@ class CachingAllocator:
             self.segments.remove(seg)
             self._free[(seg.stream, seg.small)].discard(seg.blocks[0])
             self.reserved_bytes -= seg.size
+            self.syncs += 1

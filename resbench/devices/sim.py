@@ -64,6 +64,11 @@ class SimDevice(Device):
         self._block_stream: dict[Any, str] = {}
         self._host_t = 0.0  # when the host issues work (a call ahead of the compute stream)
         self._in_setup = False
+        self.compute_t = 0.0
+        self.h2d_free_t = 0.0
+        self.d2h_free_t = 0.0
+        self.sync_wait_s = 0.0
+        """Seconds the host waited in allocator synchronisations at the cap (all streams)."""
         if profile.allocator_large_buffer_bytes:
             self.allocator = CachingAllocator(
                 capacity, small_segment_bytes=max(1, profile.allocator_rounding_bytes),
@@ -86,9 +91,6 @@ class SimDevice(Device):
         self._call_times = call_times_s
         self._pinned: dict[UnitKey, bool] = {}
         self._pinned_total = 0
-        self.compute_t = 0.0
-        self.h2d_free_t = 0.0
-        self.d2h_free_t = 0.0
         self.busy_compute_s = 0.0
         self.h2d_busy_s = 0.0
         self._slowdown = profile.copy_compute_slowdown
@@ -122,6 +124,7 @@ class SimDevice(Device):
                 many: bool = False) -> None:
         """Allocate `handle`'s block (`many`: a call's tensors, `malloc_many`)."""
         assert self.allocator is not None
+        syncs = self.allocator.syncs
         try:
             if many:
                 self._blocks[handle] = self.allocator.malloc_many(nbytes, stream, self._host_t)
@@ -139,6 +142,16 @@ class SimDevice(Device):
                 f"of its stream fits ({format_bytes(missing)} missing)",
                 component=comp or None, unit=unit or None, missing_bytes=missing) from None
         self._block_stream[handle] = stream
+        if self.allocator.syncs != syncs:
+            self._device_sync()
+
+    def _device_sync(self) -> None:
+        """The host waits for every stream (the allocator synchronised at the cap): nothing
+        issued after starts before the work in flight ends — a copy back holding memory
+        delays the loads that need it."""
+        t = max(self.compute_t, self.h2d_free_t, self.d2h_free_t, self._host_t)
+        self.sync_wait_s += t - max(self._host_t, 0.0)
+        self.compute_t = self.h2d_free_t = self.d2h_free_t = self._host_t = t
 
     def _free(self, handle: Any, ready_s: float | None = None) -> None:
         """Free `handle`'s block; `ready_s`: the other stream that used it is past it then."""

@@ -1,5 +1,6 @@
 """`benchmarks/engines_report.py`: several runs merged (a measured row before a copied or
-skipped one, then the newest run) and each goal's figure, on rows written by hand."""
+skipped one, a peer mode's fastest, else the newest run) and each goal's figure, on rows
+written by hand."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ def test_runs_merge_measured_first_then_newest_and_the_goals_are_figured(tmp_pat
         row("wan", 48.0, "resbench-tuned", "tuned", "ok", latency_s=10.5, lower_bound_s=10.0,
             pinned_bytes=50 * GB, plan_host_bytes=50 * GB),
         row("wan", 48.0, "model-offload", "peer", "ok", latency_s=14.0, fit=True),
-        row("flux", 24.0, "resbench-tuned", "tuned", "ok", latency_s=2.2)])
+        row("flux", 24.0, "resbench-tuned", "tuned", "ok", latency_s=2.2),
+        row("wan", 24.0, "accelerate-dispatch", "peer", "ok", latency_s=40.0)])
     new = run(tmp_path, "run2", "2026-11-30 06:00:00 UTC", [
         row("wan", "card", "no-offload", "reference", "ok", latency_s=10.1),  # newest wins
         row("wan", 48.0, "resbench-tuned", "tuned", "ok", latency_s=10.2, lower_bound_s=10.1,
             pinned_bytes=52 * GB, plan_host_bytes=50 * GB),
         row("wan", 48.0, "model-offload", "peer", "skipped", reason="time"),  # run1's stays
+        row("wan", 24.0, "accelerate-dispatch", "peer", "ok", latency_s=50.0),
         row("flux", 24.0, "resbench-tuned", "tuned", "ok", latency_s=2.0, measured_at=16.0)])
     frame, envs = merge([old, new])
     got = {(r.cell, str(r.budget_gb), r.row): (r.run, r.latency_s) for r in frame.itertuples()}
@@ -44,6 +47,7 @@ def test_runs_merge_measured_first_then_newest_and_the_goals_are_figured(tmp_pat
     assert got[("wan", "48.0", "resbench-tuned")] == ("run2", 10.2)
     assert got[("wan", "48.0", "model-offload")] == ("run1", 14.0)
     assert got[("flux", "24.0", "resbench-tuned")] == ("run1", 2.2)  # measured, not copied
+    assert got[("wan", "24.0", "accelerate-dispatch")] == ("run1", 40.0)  # a peer's fastest
     assert [e["run"] for e in envs] == ["run1", "run2"]
 
     g = goals(frame).set_index(["cell", "budget_gb"])
