@@ -139,11 +139,12 @@ def pair_id(shape: Shape, budget: str, plan_tag: str) -> str:
     return f"{shape.slug}-{budget}-{plan_tag}"
 
 
-def load_schedule(shape: Shape) -> Schedule:
+def load_schedule(shape: Shape, engine: str = ENGINE) -> Schedule:
+    """`shape`'s recording by `engine` (round 2's pairs: `zoo`), cached under runs/schedules/."""
     from benchmarks.gpu_common import load_schedule as cached
 
     return cached(get_model(shape.model), shape.request(), scale=1.0, device="cuda",
-                  engine=ENGINE)
+                  engine=engine)
 
 
 def host_bytes(plan: Plan, schedule: Schedule) -> int:
@@ -193,11 +194,13 @@ def simulate_pair(shape: Shape, budget: str, plan: Plan, schedule: Schedule,
             "expected_gpu_s": run_s if host_fits else NO_FIT_S}
 
 
-def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedule, work: Path,
-                profile_path: Path, *, listed: dict[str, str],
-                notes: list[str]) -> list[dict[str, Any]]:
+def tuned_plans(plans_dir: Path, shape: Shape, budget: str, n: int, schedule: Schedule,
+                work: Path, profile_path: Path, *, listed: dict[str, str], notes: list[str],
+                engine: str | None = ENGINE) -> list[dict[str, Any]]:
     """Tune one cell in the simulator on the profile and save the study's best `n` distinct
-    plans that `listed` (plan id -> pair id, at this budget) does not hold yet."""
+    plans that `listed` (plan id -> pair id, at this budget) does not hold yet, in
+    `plans_dir`. A plan's tag is its rank among the study's distinct feasible plans.
+    `engine`: the tuner's (None: its default, as round 2 ran it)."""
     import optuna
 
     from resbench.tune import TuneOptions, tune
@@ -208,7 +211,7 @@ def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedul
                            request={"height": shape.height, "width": shape.width,
                                     "frames": shape.frames, "steps": shape.steps,
                                     "cfg": shape.cfg},
-                           hardware=str(profile_path), engine=ENGINE, n_trials=TUNE_TRIALS,
+                           hardware=str(profile_path), engine=engine, n_trials=TUNE_TRIALS,
                            seed=TUNE_SEED, storage=str(storage)), schedule=schedule)
     study = optuna.load_study(study_name=res.study_name, storage=open_storage(str(storage)))
     feasible = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -228,7 +231,7 @@ def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedul
             continue
         plan = plan_from_dict(tomllib.loads(t.user_attrs["plan_toml"]), source=how)
         plan = replace(plan, name=f"{shape.slug}/{budget}/{tag}", description=how)
-        path = rnd.plans_dir / f"{shape.slug}-{budget}-{tag}.toml"
+        path = plans_dir / f"{shape.slug}-{budget}-{tag}.toml"
         path.write_text(f"# Found by resbench tune in the simulator on {profile_path.name}.\n"
                         + plan.to_toml())
         out.append({"shape": shape, "budget": budget, "plan_tag": tag, "plan_source": str(path),
@@ -251,7 +254,7 @@ def all_pairs(rnd: Round, work: Path, schedules: dict[Shape, Schedule], profile_
     for shape, budget, n in rnd.tuned_cells:
         listed = {plan_id(resolve_plan(r["plan_source"])): pair_id(shape, budget, r["plan_tag"])
                   for r in rows if (r["shape"], r["budget"]) == (shape, budget)}
-        rows += tuned_plans(rnd, shape, budget, n, schedules[shape], work, profile_path,
+        rows += tuned_plans(rnd.plans_dir, shape, budget, n, schedules[shape], work, profile_path,
                             listed=listed, notes=notes)
     return rows
 
