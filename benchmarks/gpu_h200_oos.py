@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
-from benchmarks.gpu_h200_oos_measure import MEASURED_NAME, fingerprint, measure  # noqa: E402
+from benchmarks.gpu_h200_oos_measure import MEASURED_NAME, measure  # noqa: E402
 from benchmarks.gpu_h200_oos_report import write_report  # noqa: E402
+from benchmarks.oos_measure import fingerprint  # noqa: E402
 from benchmarks.oos_round import (  # noqa: E402
     FULL,
     TUNE_SEED,
@@ -44,8 +45,11 @@ from benchmarks.oos_round import (  # noqa: E402
     budget_bytes,
     git_head,
     host_bytes,
+    in_run_order,
     load_schedule,
     pair_id,
+    pair_row,
+    simulated,
     tuned_plans,
 )
 from resbench.devices.cuda import HOST_RESERVE_BYTES  # noqa: E402
@@ -171,29 +175,10 @@ def predict(notes: list[str], log: Any = print) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         pairs = all_pairs(Path(tmp), schedules, notes)
     out = []
-    for p in pairs:
-        shape: Shape = p["shape"]
-        plan = resolve_plan(p["plan_source"])
-        pid = pair_id(shape, p["budget"], p["plan_tag"])
-        sim = simulate_pair(shape, p["budget"], plan, schedules[shape], profile)
-        out.append({"pair_id": pid, "model": shape.model, "height": shape.height,
-                    "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-                    "cfg": shape.cfg, "request": shape.slug, "budget": p["budget"],
-                    "budget_bytes": budget_bytes(p["budget"]), "plan": plan.name,
-                    "plan_source": p["plan_source"], "plan_found": p["how"],
-                    "earlier_real_s": EARLIER_REAL_S.get(pid), **sim})
+    for p, pid, sim in simulated(pairs, schedules, profile, simulate_pair):
+        out.append({**pair_row(p, pid), "earlier_real_s": EARLIER_REAL_S.get(pid), **sim})
         log(f"{pid}: fits {sim['pred_fits']} {sim.get('pred_latency_s')}")
-    frame = pd.DataFrame(out)
-    for col in ("budget_bytes", "pred_margin_bytes", "pred_peak_device_bytes", "pred_h2d_bytes",
-                "pred_pinned_host_bytes"):
-        frame[col] = frame[col].astype("Int64")
-    # The run order: models grouped, cheap FLUX first; within a request the pairs expected to
-    # fit first, so a deadline cuts no-fit pairs (cheap, unless the card fits them after all).
-    shapes = [s.slug for s in (IMAGE, LIGHT, HEAVY)]
-    frame["_shape"] = frame.request.map(shapes.index)
-    frame["_no_fit"] = ~frame.pred_fits
-    return frame.sort_values(["_shape", "_no_fit"], kind="stable", ignore_index=True).drop(
-        columns=["_shape", "_no_fit"])
+    return in_run_order(pd.DataFrame(out), (IMAGE, LIGHT, HEAVY))
 
 
 def expected_gpu_s(frame: pd.DataFrame) -> tuple[float, float]:

@@ -23,12 +23,10 @@ from typing import Any
 from benchmarks.oos_measure import (
     by_model,
     failed_row,
-    fingerprint,
+    pair_backend,
     result_fields,
     row_head,
     row_plan,
-    run_budget,
-    run_request,
     select_pairs,
 )
 from resbench.hardware import HardwareProfile, load_profile
@@ -83,13 +81,10 @@ class ModelRuns:
 
 def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     """One pair's row: its measured figures, or why it did not fit, or the error."""
-    request = run_request(row, runs.device)
-    out = row_head(row, runs.device, runs.scale, request)
+    out = row_head(row, runs.device, runs.scale)
     t0 = time.perf_counter()
     try:
-        backend = runs.backend(request)
-        budget = run_budget(row, runs.device, backend.schedule)
-        out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget)
+        backend, budget = pair_backend(runs, row, out)
         r = backend.run(row_plan(row), budget)
     except Exception as exc:  # no fit: a result; anything else: kept, on to the next pair
         return failed_row(out, exc, t0)

@@ -26,6 +26,7 @@ from benchmarks.oos_report import (  # noqa: E402
     _rel,
     _status,
     _value,
+    fit_cells,
     goal_lines,
     goals,
     joined,
@@ -73,20 +74,13 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         f"{_num(timed.latency_err_pct.mean(), '+.1f')} %.",
         f"Without the {int(seen.sum())} pairs measured once before (gpu_readme_flow.md): "
         + "; ".join(f"{g.goal} {_value(g)} ({_met(g)})" for g in fresh.itertuples()) + ".",
-        "",
-        "## Ordering within each request shape (out of sample)",
-        "",
         *ordering_lines(order),
-        "",
-        "## Per pair (out of sample)",
-        "",
         "| pair | plan | predicted | real | latency s sim / real (earlier real) | error % | "
         "peak GB sim / real alloc / real reserved | peak error % | fit agrees |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in f.itertuples():
-        pred = "fits" if r.pred_fits else ("no fit (host)" if r.pred_fits_device else "no fit")
-        agrees = "" if r.fit_agrees != r.fit_agrees else ("yes" if r.fit_agrees else "**no**")
+        pred, agrees = fit_cells(r)
         lines.append(
             f"| {r.pair_id} | {r.plan} | {pred} | {_status(r)} | {_num(r.pred_latency_s, '.3f')}"
             f" / {_num(r.latency_s, '.3f')}"

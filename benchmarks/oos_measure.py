@@ -145,15 +145,12 @@ class ModelRuns:
 def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     """One pair's row: its measured figures, or why it did not fit, or the error. The first
     pair of a model expected to fit runs once untimed before its timed run."""
-    request = run_request(row, runs.device)
-    out = row_head(row, runs.device, runs.scale, request)
+    out = row_head(row, runs.device, runs.scale)
     t0 = time.perf_counter()
     try:
-        backend = runs.backend(request)
-        budget = run_budget(row, runs.device, backend.schedule)
+        backend, budget = pair_backend(runs, row, out)
         warm_up = bool(row.pred_fits) and not runs.warm
-        out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget,
-                   warm_up=warm_up)
+        out["warm_up"] = warm_up
         plan = row_plan(row)
         # traced: the CUDA device times every call with events whether traced or not, so
         # the trace adds host-side rows only; it gives per-stage latency and per-unit compute
@@ -168,10 +165,20 @@ def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
             "stage_max_allocated_bytes": json.dumps(peaks), "units": units}
 
 
-def row_head(row: Any, device: str, scale: float, request: Request) -> dict[str, Any]:
+def row_head(row: Any, device: str, scale: float) -> dict[str, Any]:
     """The fields of a pair's row known before it runs."""
+    request = run_request(row, device)
     return {"pair_id": row.pair_id, "device": device, "scale": scale,
             "request_run": f"{request.height}x{request.width}x{request.frames}s{request.steps}"}
+
+
+def pair_backend(runs: Any, row: Any, out: dict[str, Any]) -> tuple[Any, int | None]:
+    """A pair's backend (from `runs`, the model's backends by request) and budget; `out` gets
+    the schedule's fingerprint and the budget run."""
+    backend = runs.backend(run_request(row, runs.device))
+    budget = run_budget(row, runs.device, backend.schedule)
+    out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget)
+    return backend, budget
 
 
 def run_budget(row: Any, device: str, schedule: Schedule) -> int | None:

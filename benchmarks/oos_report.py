@@ -121,12 +121,21 @@ def goal_lines(goal: pd.DataFrame) -> list[str]:
 
 
 def ordering_lines(order: pd.DataFrame) -> list[str]:
-    """The ordering table, one row per request shape."""
-    return ["| request | timed plans | plan pairs >= 2 % apart (real) | ordered by the simulator | "
+    """The ordering section (one row per request shape), and the per-pair section's heading."""
+    return ["", "## Ordering within each request shape (out of sample)", "",
+            "| request | timed plans | plan pairs >= 2 % apart (real) | ordered by the simulator | "
             "share | Kendall tau-b |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
             *[f"| {o.request} | {o.plans} | {o.pairs_apart} | {o.ordered} | {_num(o.share)} | "
-              f"{_num(o.tau_b)} |" for o in order.itertuples()]]
+              f"{_num(o.tau_b)} |" for o in order.itertuples()],
+            "", "## Per pair (out of sample)", ""]
+
+
+def fit_cells(r: Any) -> tuple[str, str]:
+    """A pair's predicted fit and whether the card agreed (blank: not settled)."""
+    pred = "fits" if r.pred_fits else ("no fit (host)" if r.pred_fits_device else "no fit")
+    agrees = "" if r.fit_agrees != r.fit_agrees else ("yes" if r.fit_agrees else "**no**")
+    return pred, agrees
 
 
 def miss_lines(f: pd.DataFrame) -> list[str]:
@@ -195,20 +204,13 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         + (f" Peak reserved: median |error| {_num(reserved.median(), '.1f')} %, max "
            f"{_num(reserved.max(), '.1f')} %, {int((reserved <= 3).sum())} of {len(reserved)} "
            "within 3 %." if len(reserved) else ""),
-        "",
-        "## Ordering within each request shape (out of sample)",
-        "",
         *ordering_lines(order),
-        "",
-        "## Per pair (out of sample)",
-        "",
         "| pair | plan | predicted | real | latency s sim / real | error % | "
         "allocated GB sim / real | error % | reserved GB sim / real | error % | fit agrees |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in f.itertuples():
-        pred = "fits" if r.pred_fits else ("no fit (host)" if r.pred_fits_device else "no fit")
-        agrees = "" if r.fit_agrees != r.fit_agrees else ("yes" if r.fit_agrees else "**no**")
+        pred, agrees = fit_cells(r)
         lines.append(
             f"| {r.pair_id} | {r.plan} | {pred} | {_status(r)} | {_num(r.pred_latency_s, '.3f')}"
             f" / {_num(r.latency_s, '.3f')} | {_num(r.latency_err_pct, '+.1f')} | "

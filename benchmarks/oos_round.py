@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,29 +268,47 @@ def predict(rnd: Round, profile_path: Path, notes: list[str], log: Any = print) 
     with tempfile.TemporaryDirectory() as tmp:
         pairs = all_pairs(rnd, Path(tmp), schedules, profile_path, notes)
     out = []
-    for p in pairs:
-        shape: Shape = p["shape"]
-        plan = resolve_plan(p["plan_source"])
-        pid = pair_id(shape, p["budget"], p["plan_tag"])
-        sim = simulate_pair(shape, p["budget"], plan, schedules[shape], profile)
+    for p, pid, sim in simulated(pairs, schedules, profile):
         if rnd.host_limit_bytes is not None and sim["pred_host_bytes"] > rnd.host_limit_bytes:
             notes.append(f"{pid} left out: it needs {sim['pred_host_bytes'] / 1e9:.1f} GB of host "
                          f"memory, above the round's {rnd.host_limit_bytes / 1e9:.0f} GB")
             continue
-        out.append({"pair_id": pid, "model": shape.model, "height": shape.height,
-                    "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-                    "cfg": shape.cfg, "request": shape.slug, "budget": p["budget"],
-                    "budget_bytes": budget_bytes(p["budget"]), "plan": plan.name,
-                    "plan_source": p["plan_source"], "plan_found": p["how"], **sim})
+        out.append({**pair_row(p, pid), **sim})
         log(f"{pid}: fits {sim['pred_fits']} {sim.get('pred_latency_s')}")
-    frame = pd.DataFrame(out)
+    return in_run_order(pd.DataFrame(out), rnd.shapes)
+
+
+def simulated(pairs: list[dict[str, Any]], schedules: dict[Shape, Schedule],
+              profile: HardwareProfile, simulate: Callable[..., dict[str, Any]] | None = None
+              ) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """(pair, pair id, `simulate(shape, budget, plan, schedule, profile)`'s figures) for every
+    pair of `all_pairs` (`simulate`: `simulate_pair` unless given, e.g. round 2's)."""
+    simulate = simulate or simulate_pair
+    for p in pairs:
+        shape: Shape = p["shape"]
+        p["plan"] = resolve_plan(p["plan_source"])
+        yield p, pair_id(shape, p["budget"], p["plan_tag"]), simulate(
+            shape, p["budget"], p["plan"], schedules[shape], profile)
+
+
+def pair_row(p: dict[str, Any], pid: str) -> dict[str, Any]:
+    """A predictions row's identity: the pair's request, budget and plan."""
+    shape: Shape = p["shape"]
+    return {"pair_id": pid, "model": shape.model, "height": shape.height, "width": shape.width,
+            "frames": shape.frames, "steps": shape.steps, "cfg": shape.cfg,
+            "request": shape.slug, "budget": p["budget"], "budget_bytes": budget_bytes(p["budget"]),
+            "plan": p["plan"].name, "plan_source": p["plan_source"], "plan_found": p["how"]}
+
+
+def in_run_order(frame: pd.DataFrame, shapes: tuple[Shape, ...]) -> pd.DataFrame:
+    """The predictions in the order `measure` runs them: models grouped, cheap FLUX first
+    (`shapes`' order); within a request the pairs expected to fit first (the model's first of
+    them warms it up), so a deadline cuts no-fit pairs. Byte columns as nullable integers."""
     for col in ("budget_bytes", "pred_margin_bytes", "pred_peak_device_bytes",
                 "pred_peak_reserved_bytes", "pred_h2d_bytes", "pred_pinned_host_bytes"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
-    # Run order: models grouped, cheap FLUX first; within a request the pairs expected to fit
-    # first (the model's first of them warms it up), so a deadline cuts no-fit pairs.
-    frame["_shape"] = frame.request.map([s.slug for s in rnd.shapes].index)
+    frame["_shape"] = frame.request.map([s.slug for s in shapes].index)
     frame["_no_fit"] = ~frame.pred_fits
     return frame.sort_values(["_shape", "_no_fit"], kind="stable", ignore_index=True).drop(
         columns=["_shape", "_no_fit"])
