@@ -24,7 +24,6 @@ from benchmarks.oos_report import (  # noqa: E402
     _met,
     _num,
     _rel,
-    _status,
     _value,
     fit_cells,
     goal_lines,
@@ -34,6 +33,8 @@ from benchmarks.oos_report import (  # noqa: E402
     ordered_pairs,
     ordering,
     ordering_lines,
+    pair_lead,
+    settled_sentence,
 )
 
 __all__ = ["GOALS", "MIN_REAL_DIFF", "goals", "joined", "ordered_pairs", "ordering", "render",
@@ -45,8 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
            env: dict[str, Any], sources: dict[str, str]) -> str:
     e = env.get("environment", {})
-    timed = f[f.timed]
-    agree = f.fit_agrees.dropna()
     seen = f.earlier_real_s.notna()
     fresh = joined_subset_goals(f[~seen])
     lines = [
@@ -62,16 +61,8 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         f"- measurements: `{sources['measured']}`; command `{env.get('command', '?')}`",
         "- errors are simulated / real - 1; peak memory: simulated peak device bytes against "
         "`torch.cuda.max_memory_allocated`",
-        "",
-        "## Goals (out of sample)",
-        "",
         *goal_lines(goal),
-        "",
-        f"{len(timed)} pairs timed on both sides of {len(f)}; fit / no-fit agrees on "
-        f"{int(agree.sum())} of {len(agree)} pairs the card settled "
-        f"({int((f.status == 'skipped').sum())} skipped at the deadline, "
-        f"{int((f.status == 'error').sum())} errors). Mean signed latency error "
-        f"{_num(timed.latency_err_pct.mean(), '+.1f')} %.",
+        settled_sentence(f, not_run=False),
         f"Without the {int(seen.sum())} pairs measured once before (gpu_readme_flow.md): "
         + "; ".join(f"{g.goal} {_value(g)} ({_met(g)})" for g in fresh.itertuples()) + ".",
         *ordering_lines(order),
@@ -80,14 +71,12 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in f.itertuples():
-        pred, agrees = fit_cells(r)
         lines.append(
-            f"| {r.pair_id} | {r.plan} | {pred} | {_status(r)} | {_num(r.pred_latency_s, '.3f')}"
-            f" / {_num(r.latency_s, '.3f')}"
+            f"{pair_lead(r)}"
             f"{' (' + _num(r.earlier_real_s, '.3f') + ')' if r.earlier_real_s == r.earlier_real_s else ''}"
             f" | {_num(r.latency_err_pct, '+.1f')} | "
             f"{_gb(r.pred_peak_device_bytes)} / {_gb(r.peak_allocated_bytes)} / "
-            f"{_gb(r.peak_reserved_bytes)} | {_num(r.peak_err_pct, '+.1f')} | {agrees} |")
+            f"{_gb(r.peak_reserved_bytes)} | {_num(r.peak_err_pct, '+.1f')} | {fit_cells(r)[1]} |")
     lines += miss_lines(f)
     other = f[f.schedule_matches == False]  # noqa: E712
     if len(other):

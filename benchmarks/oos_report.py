@@ -115,9 +115,21 @@ def _status(r: Any) -> str:
 
 
 def goal_lines(goal: pd.DataFrame) -> list[str]:
-    """The goals table."""
-    return ["| goal | target | value | |", "| --- | --- | ---: | --- |",
+    """The goals section: heading and table."""
+    return ["", "## Goals (out of sample)", "", "| goal | target | value | |", "| --- | --- | ---: | --- |",
             *[f"| {g.goal} | {g.target} | {_value(g)} | {_met(g)} |" for g in goal.itertuples()]]
+
+
+def settled_sentence(f: pd.DataFrame, *, not_run: bool = True) -> str:
+    """Pairs timed, fit / no-fit agreement, skipped and failed pairs, mean signed latency error
+    (`not_run`: count the pairs the card never reached; round 2's report did not)."""
+    timed, agree = f[f.timed], f.fit_agrees.dropna()
+    return (f"\n{len(timed)} pairs timed on both sides of {len(f)}; fit / no-fit agrees on "
+            f"{int(agree.sum())} of {len(agree)} pairs the card settled "
+            f"({int((f.status == 'skipped').sum())} skipped at the deadline, "
+            f"{int((f.status == 'error').sum())} errors"
+            + (f", {int(f.status.isna().sum())} not run" if not_run else "") + "). "
+            f"Mean signed latency error {_num(timed.latency_err_pct.mean(), '+.1f')} %.")
 
 
 def ordering_lines(order: pd.DataFrame) -> list[str]:
@@ -129,6 +141,13 @@ def ordering_lines(order: pd.DataFrame) -> list[str]:
             *[f"| {o.request} | {o.plans} | {o.pairs_apart} | {o.ordered} | {_num(o.share)} | "
               f"{_num(o.tau_b)} |" for o in order.itertuples()],
             "", "## Per pair (out of sample)", ""]
+
+
+def pair_lead(r: Any) -> str:
+    """A per-pair row's first cells: pair, plan, predicted fit, the card's outcome, and the
+    latency simulated / real."""
+    return (f"| {r.pair_id} | {r.plan} | {fit_cells(r)[0]} | {_status(r)} | "
+            f"{_num(r.pred_latency_s, '.3f')} / {_num(r.latency_s, '.3f')}")
 
 
 def fit_cells(r: Any) -> tuple[str, str]:
@@ -173,7 +192,6 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
            env: dict[str, Any], sources: dict[str, str], title: str) -> str:
     e = env.get("environment", {})
     timed = f[f.timed]
-    agree = f.fit_agrees.dropna()
     reserved = timed.reserved_err_pct.abs().dropna()
     lines = [
         f"# Simulator fidelity, {title} (issue 14)",
@@ -191,16 +209,8 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         "- errors are simulated / real - 1; peak memory: simulated peak device bytes against "
         "`torch.cuda.max_memory_allocated`; reserved: the modelled caching allocator's peak "
         "against `torch.cuda.max_memory_reserved` (where predicted)",
-        "",
-        "## Goals (out of sample)",
-        "",
         *goal_lines(goal),
-        "",
-        f"{len(timed)} pairs timed on both sides of {len(f)}; fit / no-fit agrees on "
-        f"{int(agree.sum())} of {len(agree)} pairs the card settled "
-        f"({int((f.status == 'skipped').sum())} skipped at the deadline, "
-        f"{int((f.status == 'error').sum())} errors, {int(f.status.isna().sum())} not run). "
-        f"Mean signed latency error {_num(timed.latency_err_pct.mean(), '+.1f')} %."
+        settled_sentence(f)
         + (f" Peak reserved: median |error| {_num(reserved.median(), '.1f')} %, max "
            f"{_num(reserved.max(), '.1f')} %, {int((reserved <= 3).sum())} of {len(reserved)} "
            "within 3 %." if len(reserved) else ""),
@@ -210,13 +220,11 @@ def render(f: pd.DataFrame, order: pd.DataFrame, goal: pd.DataFrame, *,
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in f.itertuples():
-        pred, agrees = fit_cells(r)
         lines.append(
-            f"| {r.pair_id} | {r.plan} | {pred} | {_status(r)} | {_num(r.pred_latency_s, '.3f')}"
-            f" / {_num(r.latency_s, '.3f')} | {_num(r.latency_err_pct, '+.1f')} | "
+            f"{pair_lead(r)} | {_num(r.latency_err_pct, '+.1f')} | "
             f"{_gb(r.pred_peak_device_bytes)} / {_gb(r.peak_allocated_bytes)} | "
             f"{_num(r.peak_err_pct, '+.1f')} | {_gb(getattr(r, 'pred_peak_reserved_bytes', None))}"
-            f" / {_gb(r.peak_reserved_bytes)} | {_num(r.reserved_err_pct, '+.1f')} | {agrees} |")
+            f" / {_gb(r.peak_reserved_bytes)} | {_num(r.reserved_err_pct, '+.1f')} | {fit_cells(r)[1]} |")
     lines += miss_lines(f)
     errors = f[f.status == "error"]
     if len(errors):
