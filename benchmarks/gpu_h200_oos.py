@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
-import tomllib
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,17 +34,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
-from benchmarks.gpu_h200_oos_measure import MEASURED_NAME, fingerprint, measure  # noqa: E402
+from benchmarks.gpu_h200_oos_measure import MEASURED_NAME, measure  # noqa: E402
 from benchmarks.gpu_h200_oos_report import write_report  # noqa: E402
+from benchmarks.oos_measure import fingerprint  # noqa: E402
+from benchmarks.oos_round import (  # noqa: E402
+    FULL,
+    TUNE_SEED,
+    TUNE_TRIALS,
+    Shape,
+    budget_bytes,
+    git_head,
+    host_bytes,
+    in_run_order,
+    load_schedule,
+    pair_id,
+    pair_row,
+    simulated,
+    tuned_plans,
+)
 from resbench.devices.cuda import HOST_RESERVE_BYTES  # noqa: E402
 from resbench.errors import DoesNotFitError  # noqa: E402
 from resbench.hardware import HardwareProfile, load_profile  # noqa: E402
 from resbench.models import get_model  # noqa: E402
-from resbench.pipeline import Request  # noqa: E402
-from resbench.residency.plan import Plan, plan_from_dict  # noqa: E402
+from resbench.residency.plan import Plan  # noqa: E402
 from resbench.resources import resolve_plan  # noqa: E402
 from resbench.schedule import Schedule  # noqa: E402
-from resbench.units import parse_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("benchmarks/results")
@@ -57,30 +68,9 @@ PLANS = RESULTS / "gpu_h200_oos_plans"
 README_TUNED = RESULTS / "gpu_readme_flow" / "tuned-48GB.toml"
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """One request: a model at a size, steps and CFG."""
-
-    model: str
-    height: int
-    width: int
-    frames: int
-    steps: int
-    cfg: bool
-
-    @property
-    def slug(self) -> str:
-        return f"{self.model}-{self.height}x{self.width}x{self.frames}s{self.steps}"
-
-    def request(self) -> Request:
-        return Request.for_model(get_model(self.model), height=self.height, width=self.width,
-                                 frames=self.frames, steps=self.steps, cfg=self.cfg)
-
-
 LIGHT = Shape("wan2.2", 480, 832, 17, 4, True)
 HEAVY = Shape("wan2.2", 480, 832, 33, 2, True)
 IMAGE = Shape("flux.1-dev", 1024, 1024, 1, 8, False)
-FULL = "full"  # the budget label of the whole card (budget None)
 
 # (shape, preset, budget). Plans the simulator expects not to fit are here on purpose (fit /
 # no-fit agreement); `pred_margin_bytes` shows which pairs are near the line, either side.
@@ -106,7 +96,6 @@ PRESET_PAIRS: list[tuple[Shape, str, str]] = [
 # readme flow's trial 32 is listed; its trial 34 ties with it and ran out of memory on the card.
 TUNED_CELLS: list[tuple[Shape, str, int]] = [(LIGHT, "48GB", 1), (HEAVY, "24GB", 1),
                                              (IMAGE, "16GB", 2)]
-TUNE_TRIALS, TUNE_SEED = 100, 0
 # Pairs measured once before on this card (gpu_readme_flow.md): outcome known, profile not fitted.
 EARLIER_REAL_S = {"wan2.2-480x832x17s4-full-all-resident": 6.692,
                   "wan2.2-480x832x17s4-48GB-sglang-wan2.2": 6.970,
@@ -123,35 +112,7 @@ WEIGHTS_S = {"wan2.2": 60.0, "flux.1-dev": 30.0}  # building and pinning, once p
 SCHEDULE_S, STARTUP_S = 10.0, 10.0  # recording one request's schedule; imports, CUDA context
 
 
-def budget_bytes(label: str) -> int | None:
-    return None if label == FULL else parse_bytes(label)
-
-
-def pair_id(shape: Shape, budget: str, plan_tag: str) -> str:
-    return f"{shape.slug}-{budget}-{plan_tag}"
-
-
 # ------------------------------------------------------------------------------ predict
-
-
-def load_schedule(shape: Shape, *, scale: float = 1.0, device: str = "cuda") -> Schedule:
-    from benchmarks.gpu_common import load_schedule as cached
-
-    return cached(get_model(shape.model), shape.request(), scale=scale, device=device)
-
-
-def host_bytes(plan: Plan, schedule: Schedule) -> int:
-    """Host bytes the CUDA harness needs: every weight pinned once (`build_weights`) plus
-    pageable copies of the units the plan streams unpinned (`CudaDevice.end_setup`)."""
-    from resbench.residency.pinning import pinned_units
-    from resbench.residency.strategies import STRATEGIES
-
-    kinds = schedule.kinds
-    pinned = {(u.component, u.name) for u in pinned_units(plan, schedule)}
-    pageable = sum(u.weight_bytes for u in schedule.units
-                   if not STRATEGIES[plan.applied_config(u.component, kinds.get(u.component, ""))
-                                     .name].resident and (u.component, u.name) not in pinned)
-    return sum(u.weight_bytes for u in schedule.units) + pageable
 
 
 def simulate_pair(shape: Shape, budget: str, plan: Plan, schedule: Schedule,
@@ -184,51 +145,6 @@ def simulate_pair(shape: Shape, budget: str, plan: Plan, schedule: Schedule,
             "expected_gpu_s": 2 * run_s if host_fits else NO_FIT_S}
 
 
-def tuned_plans(shape: Shape, budget: str, n: int, schedule: Schedule, work: Path, *,
-                listed: dict[str, str], notes: list[str]) -> list[dict[str, Any]]:
-    """Tune one cell in the simulator on the calibrated profile and save the study's best `n`
-    distinct plans that `listed` (plan id -> pair id, at this budget) does not hold yet.
-    A plan's tag is its rank among the study's distinct feasible plans."""
-    import optuna
-
-    from resbench.tune import TuneOptions, tune
-    from resbench.tune.study import open_storage
-
-    storage = work / f"{shape.slug}-{budget}.log"
-    res = tune(TuneOptions(budget_bytes=parse_bytes(budget), model=shape.model,
-                           request={"height": shape.height, "width": shape.width,
-                                    "frames": shape.frames, "steps": shape.steps,
-                                    "cfg": shape.cfg},
-                           hardware=str(PROFILE), n_trials=TUNE_TRIALS, seed=TUNE_SEED,
-                           storage=str(storage)), schedule=schedule)
-    study = optuna.load_study(study_name=res.study_name, storage=open_storage(str(storage)))
-    feasible = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-                if t.constraints and all(v <= 0 for v in t.constraints.values())]
-    out: list[dict[str, Any]] = []
-    seen: list[str] = []
-    for t in sorted(feasible, key=lambda t: (t.values[0], t.number)):
-        pid = t.user_attrs["plan_id"]
-        if pid in seen:
-            continue
-        seen.append(pid)
-        tag = f"tuned{len(seen)}"
-        how = (f"rank {len(seen)}: trial {t.number} of {res.trials_total} ({TUNE_TRIALS} trials, "
-               f"tpe, seed {TUNE_SEED}) of study {res.study_name}, simulated {t.values[0]:.3f} s")
-        if pid in listed:
-            notes.append(f"{shape.slug} {budget} {tag} ({how}) is pair {listed[pid]}")
-            continue
-        plan = plan_from_dict(tomllib.loads(t.user_attrs["plan_toml"]), source=how)
-        plan = replace(plan, name=f"{shape.slug}/{budget}/{tag}", description=how)
-        path = PLANS / f"{shape.slug}-{budget}-{tag}.toml"
-        path.write_text(f"# Found by resbench tune in the simulator on {PROFILE.name}.\n"
-                        + plan.to_toml())
-        out.append({"shape": shape, "budget": budget, "plan_tag": tag, "plan_source": str(path),
-                    "how": how})
-        if len(out) == n:
-            break
-    return out
-
-
 def all_pairs(work: Path, schedules: dict[Shape, Schedule],
               notes: list[str]) -> list[dict[str, Any]]:
     """Every pair's identity: presets, the readme flow's tuned plan, the tuned cells' plans
@@ -247,52 +163,22 @@ def all_pairs(work: Path, schedules: dict[Shape, Schedule],
     for shape, budget, n in TUNED_CELLS:
         listed = {plan_id(resolve_plan(r["plan_source"])): pair_id(shape, budget, r["plan_tag"])
                   for r in rows if (r["shape"], r["budget"]) == (shape, budget)}
-        rows += tuned_plans(shape, budget, n, schedules[shape], work, listed=listed,
-                            notes=notes)
+        rows += tuned_plans(PLANS, shape, budget, n, schedules[shape], work, PROFILE,
+                            listed=listed, notes=notes, engine=None)
     return rows
 
 
 def predict(notes: list[str], log: Any = print) -> pd.DataFrame:
     """Every pair simulated on the calibrated profile, one row each (see the CSV's md)."""
     profile = load_profile(PROFILE)
-    schedules = {s: load_schedule(s) for s in dict.fromkeys([LIGHT, HEAVY, IMAGE])}
+    schedules = {s: load_schedule(s, engine="zoo") for s in dict.fromkeys([LIGHT, HEAVY, IMAGE])}
     with tempfile.TemporaryDirectory() as tmp:
         pairs = all_pairs(Path(tmp), schedules, notes)
     out = []
-    for p in pairs:
-        shape: Shape = p["shape"]
-        plan = resolve_plan(p["plan_source"])
-        pid = pair_id(shape, p["budget"], p["plan_tag"])
-        sim = simulate_pair(shape, p["budget"], plan, schedules[shape], profile)
-        out.append({"pair_id": pid, "model": shape.model, "height": shape.height,
-                    "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-                    "cfg": shape.cfg, "request": shape.slug, "budget": p["budget"],
-                    "budget_bytes": budget_bytes(p["budget"]), "plan": plan.name,
-                    "plan_source": p["plan_source"], "plan_found": p["how"],
-                    "earlier_real_s": EARLIER_REAL_S.get(pid), **sim})
+    for p, pid, sim in simulated(pairs, schedules, profile, simulate_pair):
+        out.append({**pair_row(p, pid), "earlier_real_s": EARLIER_REAL_S.get(pid), **sim})
         log(f"{pid}: fits {sim['pred_fits']} {sim.get('pred_latency_s')}")
-    frame = pd.DataFrame(out)
-    for col in ("budget_bytes", "pred_margin_bytes", "pred_peak_device_bytes", "pred_h2d_bytes",
-                "pred_pinned_host_bytes"):
-        frame[col] = frame[col].astype("Int64")
-    # The run order: models grouped, cheap FLUX first; within a request the pairs expected to
-    # fit first, so a deadline cuts no-fit pairs (cheap, unless the card fits them after all).
-    shapes = [s.slug for s in (IMAGE, LIGHT, HEAVY)]
-    frame["_shape"] = frame.request.map(shapes.index)
-    frame["_no_fit"] = ~frame.pred_fits
-    return frame.sort_values(["_shape", "_no_fit"], kind="stable", ignore_index=True).drop(
-        columns=["_shape", "_no_fit"])
-
-
-def git_head() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=ROOT, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return in_run_order(pd.DataFrame(out), (IMAGE, LIGHT, HEAVY))
 
 
 def expected_gpu_s(frame: pd.DataFrame) -> tuple[float, float]:

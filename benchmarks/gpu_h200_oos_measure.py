@@ -5,30 +5,33 @@ Each pair runs its plan under its budget through the execution layer's backend â
 dry run of the plumbing on tiny requests. Weights are built once per model and freed before
 the next; a pair that does not fit (`DoesNotFitError`: device out of memory, host memory) is
 a result, not a failure. One CSV row per pair, flushed, so a run cut short keeps its rows.
+The per-pair pieces (request, budget, plan, row fields) are `benchmarks/oos_measure.py`'s;
+this round's own: the default engine, the profile's backends, a warm-up before every timed run.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
-import hashlib
 import json
 import os
 import sys
 import time
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from resbench.errors import DoesNotFitError
+from benchmarks.oos_measure import (
+    by_model,
+    failed_row,
+    pair_backend,
+    result_fields,
+    row_head,
+    row_plan,
+    select_pairs,
+)
 from resbench.hardware import HardwareProfile, load_profile
 from resbench.models import get_model
 from resbench.pipeline import Request
-from resbench.resources import resolve_plan
-from resbench.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED_NAME = "gpu_h200_oos_measured.csv"
@@ -36,33 +39,6 @@ MEASURED_FIELDS = ["pair_id", "status", "failure", "message", "device", "scale",
                    "request_run", "budget_bytes_run", "latency_s", "peak_allocated_bytes",
                    "peak_reserved_bytes", "setup_s", "compute_s", "stall_s", "h2d_bytes",
                    "d2h_bytes", "pinned_host_bytes", "wall_s"]
-DRY_SIZE = 32
-"""--device cpu: every request shrinks to 32x32 (5 frames for video), at most 2 steps."""
-
-
-def fingerprint(schedule: Schedule) -> str:
-    """A short hash of what the simulator replays (units, calls, state), to show that the
-    measured run's recording is the one the prediction used."""
-    return hashlib.sha1(repr((schedule.units, schedule.calls, schedule.state_bytes)).encode()
-                        ).hexdigest()[:12]
-
-
-def read_predictions(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: run `predict` and commit its output before "
-                         f"measuring (the predictions must precede the GPU run)")
-    return pd.read_csv(path)
-
-
-def run_request(row: Any, device: str) -> Request:
-    """The request a row runs: as predicted on the card, shrunk for a CPU dry run."""
-    spec = get_model(row.model)
-    if device == "cuda":
-        return Request.for_model(spec, height=int(row.height), width=int(row.width),
-                                 frames=int(row.frames), steps=int(row.steps), cfg=bool(row.cfg))
-    return Request.for_model(spec, height=DRY_SIZE, width=DRY_SIZE,
-                             frames=5 if spec.is_video else 1, steps=min(2, int(row.steps)),
-                             cfg=bool(row.cfg))
 
 
 class ModelRuns:
@@ -105,39 +81,14 @@ class ModelRuns:
 
 def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     """One pair's row: its measured figures, or why it did not fit, or the error."""
-    request = run_request(row, runs.device)
-    out: dict[str, Any] = {"pair_id": row.pair_id, "device": runs.device, "scale": runs.scale,
-                           "request_run": f"{request.height}x{request.width}x{request.frames}"
-                                          f"s{request.steps}"}
+    out = row_head(row, runs.device, runs.scale)
     t0 = time.perf_counter()
     try:
-        backend = runs.backend(request)
-        budget = None if pd.isna(row.budget_bytes) else int(row.budget_bytes)  # None: the card
-        if runs.device != "cuda" and budget is not None:  # the same share of the weights
-            weights = sum(u.weight_bytes for u in backend.schedule.units)
-            budget = int(budget * weights / row.model_weight_bytes)
-        out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget)
-        source = row.plan_source
-        r = backend.run(resolve_plan(ROOT / source if source.endswith(".toml") else source),
-                        budget)
-    except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
-        return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
-                "wall_s": time.perf_counter() - t0}
-    except Exception as exc:  # a bug: keep it, go on with the next pair
-        return {**out, "status": "error", "failure": type(exc).__name__,
-                "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
-    return {**out, "status": "ok", "latency_s": r.latency_s,
-            "peak_allocated_bytes": r.peak_device_bytes,
-            "peak_reserved_bytes": r.peak_reserved_bytes, "setup_s": r.setup_s,
-            "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
-            "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
-            "wall_s": time.perf_counter() - t0}
-
-
-def by_model(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """Rows by model, models in order of first appearance, rows in file order."""
-    for model in dict.fromkeys(frame.model):
-        yield model, frame[frame.model == model]
+        backend, budget = pair_backend(runs, row, out)
+        r = backend.run(row_plan(row), budget)
+    except Exception as exc:  # no fit: a result; anything else: kept, on to the next pair
+        return failed_row(out, exc, t0)
+    return {**out, **result_fields(r, t0)}
 
 
 def measure(predictions: Path, out_dir: Path, *, profile: Path, device: str = "cuda",
@@ -148,12 +99,7 @@ def measure(predictions: Path, out_dir: Path, *, profile: Path, device: str = "c
     On the card, a pair whose expected seconds would pass `deadline_s` is skipped."""
     from benchmarks.gpu_common import environment
 
-    frame = read_predictions(predictions)
-    if pairs:
-        unknown = sorted(set(pairs) - set(frame.pair_id))
-        if unknown:
-            raise SystemExit(f"unknown pair ids {unknown}; see {predictions}")
-        frame = frame[frame.pair_id.isin(pairs)]
+    frame = select_pairs(predictions, pairs)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + deadline_s
     log: dict[str, Any] = {"command": " ".join(sys.argv), "environment": environment(),

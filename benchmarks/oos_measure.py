@@ -77,6 +77,17 @@ def read_predictions(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def select_pairs(predictions: Path, pairs: list[str] | None) -> pd.DataFrame:
+    """The committed pairs of `predictions`: all, or those named (an unknown name exits)."""
+    frame = read_predictions(predictions)
+    if pairs:
+        unknown = sorted(set(pairs) - set(frame.pair_id))
+        if unknown:
+            raise SystemExit(f"unknown pair ids {unknown}; see {predictions}")
+        frame = frame[frame.pair_id.isin(pairs)]
+    return frame
+
+
 def run_request(row: Any, device: str) -> Request:
     """The request a row runs: as predicted on the card, shrunk for a CPU dry run."""
     spec = get_model(row.model)
@@ -134,39 +145,71 @@ class ModelRuns:
 def measure_pair(runs: ModelRuns, row: Any) -> dict[str, Any]:
     """One pair's row: its measured figures, or why it did not fit, or the error. The first
     pair of a model expected to fit runs once untimed before its timed run."""
-    request = run_request(row, runs.device)
-    out: dict[str, Any] = {"pair_id": row.pair_id, "device": runs.device, "scale": runs.scale,
-                           "request_run": f"{request.height}x{request.width}x{request.frames}"
-                                          f"s{request.steps}"}
+    out = row_head(row, runs.device, runs.scale)
     t0 = time.perf_counter()
     try:
-        backend = runs.backend(request)
-        budget = None if pd.isna(row.budget_bytes) else int(row.budget_bytes)  # None: the card
-        if runs.device != "cuda" and budget is not None:  # the same share of the weights
-            weights = sum(u.weight_bytes for u in backend.schedule.units)
-            budget = int(budget * weights / row.model_weight_bytes)
+        backend, budget = pair_backend(runs, row, out)
         warm_up = bool(row.pred_fits) and not runs.warm
-        out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget,
-                   warm_up=warm_up)
-        source = row.plan_source
-        plan = resolve_plan(ROOT / source if source.endswith(".toml") else source)
+        out["warm_up"] = warm_up
+        plan = row_plan(row)
         # traced: the CUDA device times every call with events whether traced or not, so
         # the trace adds host-side rows only; it gives per-stage latency and per-unit compute
         out["allocated_before_bytes"] = _allocated(runs.device)  # what no unit holds
         r = backend.run(plan, budget, trace=True, warmup=warm_up)
         out["allocated_after_bytes"] = _allocated(runs.device)
         runs.warm = True
-    except DoesNotFitError as exc:  # DeviceOOMError and HostMemoryError too
+    except Exception as exc:  # no fit: a result; anything else: kept, on to the next pair
+        return failed_row(out, exc, t0)
+    stages, peaks, units = trace_summary(r.trace)
+    return {**out, **result_fields(r, t0), "stage_latency_s": json.dumps(stages),
+            "stage_max_allocated_bytes": json.dumps(peaks), "units": units}
+
+
+def row_head(row: Any, device: str, scale: float) -> dict[str, Any]:
+    """The fields of a pair's row known before it runs."""
+    request = run_request(row, device)
+    return {"pair_id": row.pair_id, "device": device, "scale": scale,
+            "request_run": f"{request.height}x{request.width}x{request.frames}s{request.steps}"}
+
+
+def pair_backend(runs: Any, row: Any, out: dict[str, Any]) -> tuple[Any, int | None]:
+    """A pair's backend (from `runs`, the model's backends by request) and budget; `out` gets
+    the schedule's fingerprint and the budget run."""
+    backend = runs.backend(run_request(row, runs.device))
+    budget = run_budget(row, runs.device, backend.schedule)
+    out.update(schedule=fingerprint(backend.schedule), budget_bytes_run=budget)
+    return backend, budget
+
+
+def run_budget(row: Any, device: str, schedule: Schedule) -> int | None:
+    """The budget a pair runs under (None: the card); off the card, the same share of the
+    (tiny) weights."""
+    budget = None if pd.isna(row.budget_bytes) else int(row.budget_bytes)
+    if device != "cuda" and budget is not None:
+        weights = sum(u.weight_bytes for u in schedule.units)
+        budget = int(budget * weights / row.model_weight_bytes)
+    return budget
+
+
+def row_plan(row: Any) -> Any:
+    """A row's plan: a preset name, or a plan file under the repository."""
+    source = row.plan_source
+    return resolve_plan(ROOT / source if source.endswith(".toml") else source)
+
+
+def failed_row(out: dict[str, Any], exc: Exception, t0: float) -> dict[str, Any]:
+    """A pair that did not run: no fit (`DoesNotFitError`: device out of memory, host
+    memory) is a result; any other exception is a bug, kept with its traceback."""
+    if isinstance(exc, DoesNotFitError):
         return {**out, "status": "no_fit", "failure": type(exc).__name__, "message": str(exc),
                 "wall_s": time.perf_counter() - t0}
-    except Exception as exc:  # a bug: keep it, go on with the next pair
-        return {**out, "status": "error", "failure": type(exc).__name__,
-                "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
-    stages, peaks, units = trace_summary(r.trace)
-    return {**out, "status": "ok", "latency_s": r.latency_s,
-            "stage_latency_s": json.dumps(stages), "stage_max_allocated_bytes": json.dumps(peaks),
-            "units": units,
-            "peak_allocated_bytes": r.peak_device_bytes,
+    return {**out, "status": "error", "failure": type(exc).__name__,
+            "message": f"{exc}\n{traceback.format_exc()}", "wall_s": time.perf_counter() - t0}
+
+
+def result_fields(r: Any, t0: float) -> dict[str, Any]:
+    """A run's measured figures."""
+    return {"status": "ok", "latency_s": r.latency_s, "peak_allocated_bytes": r.peak_device_bytes,
             "peak_reserved_bytes": r.peak_reserved_bytes, "setup_s": r.setup_s,
             "compute_s": r.compute_s, "stall_s": r.stall_s, "h2d_bytes": r.h2d_bytes,
             "d2h_bytes": r.d2h_bytes, "pinned_host_bytes": r.pinned_host_bytes,
@@ -246,12 +289,7 @@ def measure(predictions: Path, out_dir: Path, *, device: str = "cuda", scale: fl
     `out_dir/measured_name` (and a `.json` with the environment and phases). A pair needing
     more host memory than `host_limit_bytes` is skipped, named (the machine is shared)."""
     start = time.perf_counter()
-    frame = read_predictions(predictions)
-    if pairs:
-        unknown = sorted(set(pairs) - set(frame.pair_id))
-        if unknown:
-            raise SystemExit(f"unknown pair ids {unknown}; see {predictions}")
-        frame = frame[frame.pair_id.isin(pairs)]
+    frame = select_pairs(predictions, pairs)
     out_dir.mkdir(parents=True, exist_ok=True)
     log: dict[str, Any] = {"command": " ".join(sys.argv), "environment": environment(),
                            "predictions": str(predictions), "deadline_s": deadline_s,

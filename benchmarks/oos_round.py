@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,11 +140,12 @@ def pair_id(shape: Shape, budget: str, plan_tag: str) -> str:
     return f"{shape.slug}-{budget}-{plan_tag}"
 
 
-def load_schedule(shape: Shape) -> Schedule:
+def load_schedule(shape: Shape, engine: str = ENGINE) -> Schedule:
+    """`shape`'s recording by `engine` (round 2's pairs: `zoo`), cached under runs/schedules/."""
     from benchmarks.gpu_common import load_schedule as cached
 
     return cached(get_model(shape.model), shape.request(), scale=1.0, device="cuda",
-                  engine=ENGINE)
+                  engine=engine)
 
 
 def host_bytes(plan: Plan, schedule: Schedule) -> int:
@@ -193,11 +195,13 @@ def simulate_pair(shape: Shape, budget: str, plan: Plan, schedule: Schedule,
             "expected_gpu_s": run_s if host_fits else NO_FIT_S}
 
 
-def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedule, work: Path,
-                profile_path: Path, *, listed: dict[str, str],
-                notes: list[str]) -> list[dict[str, Any]]:
+def tuned_plans(plans_dir: Path, shape: Shape, budget: str, n: int, schedule: Schedule,
+                work: Path, profile_path: Path, *, listed: dict[str, str], notes: list[str],
+                engine: str | None = ENGINE) -> list[dict[str, Any]]:
     """Tune one cell in the simulator on the profile and save the study's best `n` distinct
-    plans that `listed` (plan id -> pair id, at this budget) does not hold yet."""
+    plans that `listed` (plan id -> pair id, at this budget) does not hold yet, in
+    `plans_dir`. A plan's tag is its rank among the study's distinct feasible plans.
+    `engine`: the tuner's (None: its default, as round 2 ran it)."""
     import optuna
 
     from resbench.tune import TuneOptions, tune
@@ -208,7 +212,7 @@ def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedul
                            request={"height": shape.height, "width": shape.width,
                                     "frames": shape.frames, "steps": shape.steps,
                                     "cfg": shape.cfg},
-                           hardware=str(profile_path), engine=ENGINE, n_trials=TUNE_TRIALS,
+                           hardware=str(profile_path), engine=engine, n_trials=TUNE_TRIALS,
                            seed=TUNE_SEED, storage=str(storage)), schedule=schedule)
     study = optuna.load_study(study_name=res.study_name, storage=open_storage(str(storage)))
     feasible = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -228,7 +232,7 @@ def tuned_plans(rnd: Round, shape: Shape, budget: str, n: int, schedule: Schedul
             continue
         plan = plan_from_dict(tomllib.loads(t.user_attrs["plan_toml"]), source=how)
         plan = replace(plan, name=f"{shape.slug}/{budget}/{tag}", description=how)
-        path = rnd.plans_dir / f"{shape.slug}-{budget}-{tag}.toml"
+        path = plans_dir / f"{shape.slug}-{budget}-{tag}.toml"
         path.write_text(f"# Found by resbench tune in the simulator on {profile_path.name}.\n"
                         + plan.to_toml())
         out.append({"shape": shape, "budget": budget, "plan_tag": tag, "plan_source": str(path),
@@ -251,7 +255,7 @@ def all_pairs(rnd: Round, work: Path, schedules: dict[Shape, Schedule], profile_
     for shape, budget, n in rnd.tuned_cells:
         listed = {plan_id(resolve_plan(r["plan_source"])): pair_id(shape, budget, r["plan_tag"])
                   for r in rows if (r["shape"], r["budget"]) == (shape, budget)}
-        rows += tuned_plans(rnd, shape, budget, n, schedules[shape], work, profile_path,
+        rows += tuned_plans(rnd.plans_dir, shape, budget, n, schedules[shape], work, profile_path,
                             listed=listed, notes=notes)
     return rows
 
@@ -264,29 +268,47 @@ def predict(rnd: Round, profile_path: Path, notes: list[str], log: Any = print) 
     with tempfile.TemporaryDirectory() as tmp:
         pairs = all_pairs(rnd, Path(tmp), schedules, profile_path, notes)
     out = []
-    for p in pairs:
-        shape: Shape = p["shape"]
-        plan = resolve_plan(p["plan_source"])
-        pid = pair_id(shape, p["budget"], p["plan_tag"])
-        sim = simulate_pair(shape, p["budget"], plan, schedules[shape], profile)
+    for p, pid, sim in simulated(pairs, schedules, profile):
         if rnd.host_limit_bytes is not None and sim["pred_host_bytes"] > rnd.host_limit_bytes:
             notes.append(f"{pid} left out: it needs {sim['pred_host_bytes'] / 1e9:.1f} GB of host "
                          f"memory, above the round's {rnd.host_limit_bytes / 1e9:.0f} GB")
             continue
-        out.append({"pair_id": pid, "model": shape.model, "height": shape.height,
-                    "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-                    "cfg": shape.cfg, "request": shape.slug, "budget": p["budget"],
-                    "budget_bytes": budget_bytes(p["budget"]), "plan": plan.name,
-                    "plan_source": p["plan_source"], "plan_found": p["how"], **sim})
+        out.append({**pair_row(p, pid), **sim})
         log(f"{pid}: fits {sim['pred_fits']} {sim.get('pred_latency_s')}")
-    frame = pd.DataFrame(out)
+    return in_run_order(pd.DataFrame(out), rnd.shapes)
+
+
+def simulated(pairs: list[dict[str, Any]], schedules: dict[Shape, Schedule],
+              profile: HardwareProfile, simulate: Callable[..., dict[str, Any]] | None = None
+              ) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """(pair, pair id, `simulate(shape, budget, plan, schedule, profile)`'s figures) for every
+    pair of `all_pairs` (`simulate`: `simulate_pair` unless given, e.g. round 2's)."""
+    simulate = simulate or simulate_pair
+    for p in pairs:
+        shape: Shape = p["shape"]
+        p["plan"] = resolve_plan(p["plan_source"])
+        yield p, pair_id(shape, p["budget"], p["plan_tag"]), simulate(
+            shape, p["budget"], p["plan"], schedules[shape], profile)
+
+
+def pair_row(p: dict[str, Any], pid: str) -> dict[str, Any]:
+    """A predictions row's identity: the pair's request, budget and plan."""
+    shape: Shape = p["shape"]
+    return {"pair_id": pid, "model": shape.model, "height": shape.height, "width": shape.width,
+            "frames": shape.frames, "steps": shape.steps, "cfg": shape.cfg,
+            "request": shape.slug, "budget": p["budget"], "budget_bytes": budget_bytes(p["budget"]),
+            "plan": p["plan"].name, "plan_source": p["plan_source"], "plan_found": p["how"]}
+
+
+def in_run_order(frame: pd.DataFrame, shapes: tuple[Shape, ...]) -> pd.DataFrame:
+    """The predictions in the order `measure` runs them: models grouped, cheap FLUX first
+    (`shapes`' order); within a request the pairs expected to fit first (the model's first of
+    them warms it up), so a deadline cuts no-fit pairs. Byte columns as nullable integers."""
     for col in ("budget_bytes", "pred_margin_bytes", "pred_peak_device_bytes",
                 "pred_peak_reserved_bytes", "pred_h2d_bytes", "pred_pinned_host_bytes"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
-    # Run order: models grouped, cheap FLUX first; within a request the pairs expected to fit
-    # first (the model's first of them warms it up), so a deadline cuts no-fit pairs.
-    frame["_shape"] = frame.request.map([s.slug for s in rnd.shapes].index)
+    frame["_shape"] = frame.request.map([s.slug for s in shapes].index)
     frame["_no_fit"] = ~frame.pred_fits
     return frame.sort_values(["_shape", "_no_fit"], kind="stable", ignore_index=True).drop(
         columns=["_shape", "_no_fit"])
