@@ -123,7 +123,7 @@ def _screen_fraction(_ctx: click.Context, _param: click.Parameter, value: str) -
               help="Score trials in the simulator, or measure each on the GPU.")
 @click.option("--screen-margin", default="10", callback=_screen_fraction, metavar="PCT|off",
               help="With --device cuda: a plan the simulator finds short of memory even at the "
-                   "budget plus PCT %% is recorded infeasible without a GPU run; `off` runs "
+                   "budget plus PCT % is recorded infeasible without a GPU run; `off` runs "
                    "every plan [default: 10].")
 @click.option("--validate", type=click.IntRange(min=0), default=0, metavar="K",
               help="Re-run the top K simulated plans on the GPU; the best real one wins.")
