@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import tomllib
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
+from benchmarks.provenance import git_head  # noqa: E402, F401 (re-exported for the round scripts)
 from resbench.errors import DoesNotFitError  # noqa: E402
 from resbench.hardware import HardwareProfile, load_profile  # noqa: E402
 from resbench.models import get_model  # noqa: E402
@@ -312,17 +312,6 @@ def in_run_order(frame: pd.DataFrame, shapes: tuple[Shape, ...]) -> pd.DataFrame
     frame["_no_fit"] = ~frame.pred_fits
     return frame.sort_values(["_shape", "_no_fit"], kind="stable", ignore_index=True).drop(
         columns=["_shape", "_no_fit"])
-
-
-def git_head() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=ROOT, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def warmup_s(frame: pd.DataFrame) -> float:

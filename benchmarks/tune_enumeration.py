@@ -25,7 +25,6 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import tomllib
@@ -48,6 +47,10 @@ from resbench.tune.sweep import sweep_from_dict
 from resbench.units import format_bytes, parse_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import git_head  # noqa: E402
+
 WITHIN = 0.02
 SWEEP = """\
 schema = 1
@@ -126,17 +129,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "-"
     return out
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
-        return head + (" with uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def cpu_name() -> str:
@@ -220,6 +212,7 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], *, scores
         return f"{len(found)}/{len(hits[sampler])} seeds within {WITHIN:.0%} ({med})"
 
     command = " ".join(["python benchmarks/tune_enumeration.py", *argv])
+    commit = git_head(short=True, dirty_note=" with uncommitted changes")
     lines = [
         "# Tuner vs exhaustive search (simulated)",
         "",
@@ -228,7 +221,7 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], *, scores
         f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Machine: {cpu_name()}, "
         f"{os.cpu_count()} CPUs ({args.workers} workers for the enumeration), "
         f"{platform.system()} {platform.release()}. Versions: "
-        + ", ".join(f"{k} {val}" for k, val in v.items()) + f"; commit {git_commit()}.",
+        + ", ".join(f"{k} {val}" for k, val in v.items()) + f"; commit {commit}.",
         "",
         f"Problem: wan2.2-t2v-a14b (full size) at {request.height}x{request.width}, "
         f"{request.frames} frames, {request.steps} steps, CFG on; {args.hardware} simulated "
