@@ -47,7 +47,8 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """The rows of several runs (cells.json files or their folders), one per (cell, budget,
     row): a row measured in its run (not copied from another budget, not skipped) before one
     that was not; among measured peer-mode rows the fastest; else the newest run (its date;
-    the later argument on a tie). Each row names its run (`run`: the folder); the
+    the later argument on a tie). Each row names its run (`run`: the folder); a row without
+    a lower bound (its run had no reference row) takes the cell's at that budget. The
     environments come back in the order given."""
     frames, envs = [], []
     for order, path in enumerate(paths):
@@ -70,6 +71,14 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     rows = rows.sort_values(["_measured", "_fast", "_date", "_order"], kind="stable")
     keep = rows.drop_duplicates(["cell", "_budget", "row"], keep="last")
     keep = keep.sort_index()  # each run's row order (cells, budgets, rows by value)
+    if "lower_bound_s" in keep:
+        # a run without the cell's reference row (`--rows`) has no bound of its own: the
+        # cell's bound at that budget from the run that had one
+        known = rows.groupby(["cell", "_budget"])["lower_bound_s"].first()
+        cell_bound = [known.get(key, math.nan)
+                      for key in zip(keep["cell"], keep["_budget"], strict=True)]
+        keep = keep.assign(lower_bound_s=keep["lower_bound_s"].fillna(
+            pd.Series(cell_bound, index=keep.index)))
     return keep.drop(columns=["_date", "_order", "_measured", "_budget", "_fast"]), envs
 
 

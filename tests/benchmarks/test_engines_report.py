@@ -71,3 +71,19 @@ def test_a_compute_bound_cell_is_held_to_the_card_and_to_every_peer(tmp_path: Pa
     assert (g["regime"], g["peer_goal"]) == ("compute", 1.0)
     assert abs(g["tuned_over_card"] - 1.02) < 1e-9
     assert "1.02 (met, goal ≤ 1.03)" in render(frame, envs)
+
+
+def test_a_run_without_the_reference_row_takes_the_cells_bound(tmp_path: Path) -> None:
+    old = run(tmp_path, "run3", "2026-11-30 05:00:00 UTC", [
+        row("wan", "card", "no-offload", "reference", "ok", latency_s=28.7),
+        row("wan", 24.0, "resbench-tuned", "tuned", "skipped", reason="time",
+            lower_bound_s=28.7),
+        row("wan", 48.0, "model-offload", "peer", "ok", latency_s=96.0, lower_bound_s=28.8)])
+    new = run(tmp_path, "run4", "2026-11-30 08:30:00 UTC", [  # --rows 24:tuned only
+        row("wan", 24.0, "resbench-tuned", "tuned", "ok", latency_s=29.1),
+        row("wan", 24.0, "resbench-flux-drop", "variant", "ok", latency_s=29.0)])
+    frame, _ = merge([old, new])
+    got = {(str(r.budget_gb), r.row): (r.run, r.lower_bound_s) for r in frame.itertuples()}
+    assert got[("24.0", "resbench-tuned")] == ("run4", 28.7)
+    assert got[("24.0", "resbench-flux-drop")] == ("run4", 28.7)
+    assert got[("48.0", "model-offload")] == ("run3", 28.8)
