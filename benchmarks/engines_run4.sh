@@ -2,6 +2,8 @@
 # Engines run 4 (issue 13) on the nvidia-h200-x2 host, one phase per device call:
 #   bash benchmarks/engines_run4.sh a   # FLUX rows not reached (GPU 0) beside Wan 81f 24 GB (GPU 1)
 #   bash benchmarks/engines_run4.sh b   # Wan 17f alone on the host (GPU 0): group offload with streams
+#   bash benchmarks/engines_run4.sh c   # Wan 17f alone: leaf-level group offload with streams (cut
+#                                       # in b by the time limit) beside the tuned 24 GB plan
 # Everything goes under $OUT/<phase>: per process a folder (cells.csv/json, profiles.tar.gz) and
 # its log, the cards and the host's memory.
 set -u
@@ -31,8 +33,11 @@ b)
     engines 0 w0 500 --cells wan-480x832x17-s4 --host-limit-gb 230 --rows card:no-offload,\
 24:tuned,48:tuned,24:preset:sglang-wan2.2,24:group-block-stream,24:group-leaf-stream,\
 24:group-block-stream-lowmem ;;
+c)
+    engines 0 w0 330 --cells wan-480x832x17-s4 --host-limit-gb 230 \
+        --rows 24:tuned,24:group-leaf-stream ;;
 *)
-    echo "engines_run4.sh: unknown phase '$phase'; phases are a and b" >&2; exit 2 ;;
+    echo "engines_run4.sh: unknown phase '$phase'; phases are a, b and c" >&2; exit 2 ;;
 esac
 free -g >> "$out/env.txt"
-tail -3 "$out"/*.log
+for f in "$out"/*.log; do tail -n 3 "$f"; done
