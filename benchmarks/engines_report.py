@@ -43,6 +43,19 @@ MEASURED = ("ok", "no-fit", "error", "unavailable")
 """Statuses of a row that ran (or could not): a `cut` or `skipped` row holds no figure."""
 
 
+def run_names(folders: list[Path]) -> list[str]:
+    """Each run folder's name, with as many parent folders as it takes to tell apart runs
+    whose folders share a name (`b/w0`, `c/w0`)."""
+    parts = [folder.resolve().parts for folder in folders]
+    names = []
+    for mine in parts:
+        depth = 1
+        while depth < len(mine) and sum(p[-depth:] == mine[-depth:] for p in parts) > 1:
+            depth += 1
+        names.append("/".join(mine[-depth:]))
+    return names
+
+
 def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """The rows of several runs (cells.json files or their folders), one per (cell, budget,
     row): a row measured in its run (not copied from another budget, not skipped) before one
@@ -51,11 +64,11 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     a lower bound (its run had no reference row) takes the cell's at that budget. The
     environments come back in the order given."""
     frames, envs = [], []
-    for order, path in enumerate(paths):
+    folders = [path if path.is_dir() else path.parent for path in paths]
+    for order, (path, name) in enumerate(zip(paths, run_names(folders), strict=True)):
         frame, env = load(path)
-        folder = path if path.is_dir() else path.parent
-        env = {**env, "run": folder.name}
-        frame = frame.assign(run=folder.name, _date=str(env.get("date", "")), _order=order)
+        env = {**env, "run": name}
+        frame = frame.assign(run=name, _date=str(env.get("date", "")), _order=order)
         frames.append(frame)
         envs.append(env)
     rows = pd.concat(frames, ignore_index=True)

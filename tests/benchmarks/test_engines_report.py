@@ -87,3 +87,14 @@ def test_a_run_without_the_reference_row_takes_the_cells_bound(tmp_path: Path) -
     assert got[("24.0", "resbench-tuned")] == ("run4", 28.7)
     assert got[("24.0", "resbench-flux-drop")] == ("run4", 28.7)
     assert got[("48.0", "model-offload")] == ("run3", 28.8)
+
+
+def test_runs_whose_folders_share_a_name_are_told_apart(tmp_path: Path) -> None:
+    for phase in ("b", "c"):
+        (tmp_path / phase).mkdir()
+        run(tmp_path / phase, "w0", f"2026-11-30 08:0{len(phase)}:00 UTC", [
+            row("wan", 24.0, "group-leaf-stream", "peer", "cut" if phase == "b" else "ok",
+                latency_s=None if phase == "b" else 6.0)])
+    frame, envs = merge([tmp_path / "b" / "w0", tmp_path / "c" / "w0"])
+    assert [e["run"] for e in envs] == ["b/w0", "c/w0"]
+    assert frame.loc[frame["row"] == "group-leaf-stream", "run"].tolist() == ["c/w0"]
