@@ -188,9 +188,15 @@ def check_plan(plan: Plan) -> None:
 
 
 def config_to_dict(cfg: StrategyConfig) -> dict[str, Any]:
+    """The config's TOML table: every knob, except one marked `written = "when set"` in its
+    field's metadata while at its default (a knob added later leaves the files, and the
+    `plan_id`s, of plans that do not use it as they were)."""
     out: dict[str, Any] = {"strategy": cfg.name}
     for f in fields(cfg):
-        out[f.name] = getattr(cfg, f.name)
+        value = getattr(cfg, f.name)
+        if f.metadata.get("written") == "when set" and value == f.default:
+            continue
+        out[f.name] = value
     return out
 
 

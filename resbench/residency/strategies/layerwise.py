@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from resbench.devices.base import Transfer, UnitKey
@@ -28,7 +28,7 @@ class LayerwiseConfig(StrategyConfig):
     """Blocks that stay on the device for the whole request (partial residency)."""
     placement: Literal["prefix", "spaced"] = "prefix"
     """Which blocks are resident: the first ones, or evenly spaced ones."""
-    keep_resident: bool = False
+    keep_resident: bool = field(default=False, metadata={"written": "when set"})
     """Steady-state serving: the resident blocks stay on the device after the request, so the
     next request finds them there (traced as `keep`, reason `kept from the last request`,
     where a cold request loads them). They come in with the first request's first use, as
