@@ -95,6 +95,8 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
                              "ledger_peak_bytes": res.ledger_peak_bytes}
     if res.peak_reserved_bytes is not None:
         extra["peak_reserved_bytes"] = res.peak_reserved_bytes
+    if res.steady_state:
+        extra.update(steady_state=True, cold_latency_s=res.cold_latency_s)
     if res.h2d_stream_bytes:
         extra.update(h2d_stream_bytes=res.h2d_stream_bytes,
                      h2d_stream_bytes_per_s=res.h2d_stream_bytes_per_s)
