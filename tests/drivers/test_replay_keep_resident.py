@@ -13,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from resbench.analysis import stage_breakdown
+from resbench.analysis.bounds import last_request, request_window
 from resbench.analysis.budget import needed_budget_bytes
+from resbench.analysis.timeline import activation_timeline
 from resbench.drivers.replay import sim_device, simulate
 from resbench.errors import DoesNotFitError, InputError
 from resbench.execution import Execution
@@ -211,3 +214,17 @@ def test_keeping_blocks_moves_exactly_their_bytes_less_and_is_never_slower(
     assert kept.latency_s <= base.latency_s + 1e-12
     assert kept.latency_s <= kept.cold_latency_s + 1e-12
     assert kept.peak_device_bytes >= base.peak_device_bytes
+
+
+def test_analyses_of_a_steady_state_trace_read_its_second_request() -> None:
+    schedule, times = encoder_then_dit()
+    _, ex = run(schedule, times, keep_plan())
+    frame = ex.manager.tracer.frame()
+    second = last_request(frame)
+    assert list(second.kind).count("request_start") == 1
+    assert request_window(frame) == pytest.approx((14 * MS, 26.5 * MS))
+    stages = stage_breakdown(second).set_index("stage")
+    assert stages.wall_s.to_dict() == pytest.approx({"encode": 3 * MS, "denoise": 9.5 * MS})
+    # the activation timeline pairs both requests' compute spans with the schedule's calls
+    assert len(activation_timeline(frame, schedule)) == 2 * len(schedule.calls)
+    assert len(activation_timeline(second, schedule)) == len(schedule.calls)
