@@ -211,8 +211,8 @@ def clear_component_caches(pipeline: ManagedPipeline | None) -> None:
 def _trace_figures(frame: pd.DataFrame, plan: Plan, schedule: Schedule) -> dict[str, Any]:
     """Figures read off a trace: compute (unit calls and adapter merges), stall, per-stage
     latency, streaming bandwidth — of the last request (a steady-state run has two)."""
-    start = frame.loc[frame.kind == "request_start", "t_s"].max()
-    request = frame[frame.t_s >= start]
+    starts = (frame.kind == "request_start").to_numpy().nonzero()[0]
+    request = frame.iloc[starts[-1]:]  # rows are in the order the manager emitted them
     compute = request[request.kind.isin(("compute", "merge"))]
     enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
     exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()
