@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from resbench.analysis.bounds import last_request
 from resbench.analysis.budget import min_budget_bytes
 from resbench.engines.base import make_engine
 from resbench.errors import DoesNotFitError, InputError
@@ -55,6 +56,7 @@ class ProfileResult:
     h2d_peak_bytes_per_s: float | None
     """The link's pinned H2D bandwidth (the profile's); None where there is no link (cpu)."""
     trace: pd.DataFrame = field(repr=False)
+    """The run's events; of a steady-state run (`extra["steady_state"]`), the second request's."""
     schedule: Schedule = field(repr=False)
     profile: HardwareProfile | None = field(default=None, repr=False)
     """The hardware profile the run used (from a preset or a file)."""
@@ -95,6 +97,8 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
                              "ledger_peak_bytes": res.ledger_peak_bytes}
     if res.peak_reserved_bytes is not None:
         extra["peak_reserved_bytes"] = res.peak_reserved_bytes
+    if res.steady_state:
+        extra.update(steady_state=True, cold_latency_s=res.cold_latency_s)
     if res.h2d_stream_bytes:
         extra.update(h2d_stream_bytes=res.h2d_stream_bytes,
                      h2d_stream_bytes_per_s=res.h2d_stream_bytes_per_s)
@@ -107,5 +111,7 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
         stall_s=res.stall_s, h2d_bytes=res.h2d_bytes, d2h_bytes=res.d2h_bytes,
         peak_device_bytes=res.peak_device_bytes, pinned_host_bytes=res.pinned_host_bytes,
         h2d_peak_bytes_per_s=profile.h2d_pinned_bytes_per_s if backend.kind != "cpu" else None,
-        trace=res.trace if res.trace is not None else pd.DataFrame(),
+        # a steady-state run's figures are its second request's: so is the trace its reports
+        # read (the first, cold, request is `extra["cold_latency_s"]`)
+        trace=last_request(res.trace) if res.trace is not None else pd.DataFrame(),
         schedule=backend.schedule, profile=profile, engine=the_engine.name, extra=extra)

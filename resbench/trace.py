@@ -15,7 +15,9 @@ prefetch        no     an asynchronous H2D is issued ahead of use (`bytes`)
 prefetch_skip   no     a prefetch was considered and not issued (`reason`)
 load            yes    an H2D transfer of one unit, on stream `h2d` (or `compute` if blocking)
 wait            yes    compute waits for a transfer; `stall_s` is how long it was blocked
-keep            no     a component stays on the device after its use (`reason`)
+keep            no     a component stays on the device after its use (`reason`); with `unit`,
+                       a layerwise resident block kept for the next request (`keep_resident`)
+                       or found kept at a request's first use of its component
 release         no     a unit's device copy is dropped (`reason`: after_use | evict | end |
                        d2h | snapshot: ...)
 d2h             yes    a copy back to the host (`reason`: d2h, or `snapshot: <adapters>

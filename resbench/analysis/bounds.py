@@ -20,11 +20,19 @@ def _rate(profile: HardwareProfile | Mapping[str, Any] | None, field: str) -> fl
     return float(value) if value else float("nan")
 
 
+def last_request(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the request a run reports: from the last of a steady-state run's two
+    `request_start`s on (`RunResult.steady_state`); the whole trace of a one-request run."""
+    starts = (frame["kind"] == "request_start").to_numpy().nonzero()[0]
+    return frame.iloc[starts[-1]:] if len(starts) > 1 else frame
+
+
 def request_window(frame: pd.DataFrame) -> tuple[float, float]:
-    """(start, end) of the request in seconds: request_start → request_end."""
+    """(start, end) of the request in seconds: request_start → request_end (the last request's
+    start: a steady-state run, `RunResult.steady_state`, traces two)."""
     start = frame.loc[frame["kind"] == "request_start", "t_s"]
     end = frame.loc[frame["kind"] == "request_end", "t_s"]
-    t0 = float(start.min()) if len(start) else float(frame["t_s"].min())
+    t0 = float(start.max()) if len(start) else float(frame["t_s"].min())
     t1 = float(end.max()) if len(end) else float(frame[["t_s", "end_s"]].max().max())
     return t0, t1
 

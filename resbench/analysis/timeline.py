@@ -129,20 +129,23 @@ def activation_timeline(frame: pd.DataFrame, schedule: Schedule) -> pd.DataFrame
 
     The trace samples the ledger (weights, pools, state) but not the activations a call
     allocates while it runs; the schedule has them (`UnitCall.activation_bytes`), in the
-    same order as the trace's compute spans. Columns: ``t_s``, ``end_s``, ``component``,
-    ``unit``, ``ledger_bytes``, ``activation_bytes``, ``device_bytes`` (their sum; its
-    maximum is the run's peak).
+    same order as the trace's compute spans (a steady-state run traces the schedule twice,
+    `RunResult.steady_state`). Columns: ``t_s``, ``end_s``, ``component``, ``unit``,
+    ``ledger_bytes``, ``activation_bytes``, ``device_bytes`` (their sum; its maximum is the
+    run's peak).
     """
     kinds = frame["kind"].to_numpy()
     compute_pos = np.flatnonzero(kinds == "compute")
-    if len(compute_pos) != len(schedule.calls):
+    requests = int((kinds == "request_start").sum()) or 1
+    if len(compute_pos) != requests * len(schedule.calls):
         raise ValueError(f"the trace has {len(compute_pos)} compute spans, the schedule "
-                         f"{len(schedule.calls)} calls: not the same run")
+                         f"{len(schedule.calls)} calls ({requests} request(s)): not the same run")
     mem_pos = np.flatnonzero(kinds == "memory")
     ledger = frame["device_bytes"].to_numpy()[mem_pos]
     before = np.searchsorted(mem_pos, compute_pos) - 1
     ledger_at = np.where(before >= 0, ledger[np.maximum(before, 0)] if len(ledger) else 0, 0)
-    act = np.array([c.activation_bytes for c in schedule.calls], dtype=np.int64)
+    act = np.tile(np.array([c.activation_bytes for c in schedule.calls], dtype=np.int64),
+                  requests)
     rows = frame.iloc[compute_pos]
     return pd.DataFrame({
         "t_s": rows["t_s"].to_numpy(), "end_s": rows["end_s"].to_numpy(),

@@ -8,6 +8,7 @@ import click
 import pandas as pd
 
 from resbench.analysis import stage_breakdown
+from resbench.analysis.bounds import last_request
 from resbench.cli import preflight
 from resbench.cli.common import (
     SIZE,
@@ -74,7 +75,9 @@ def command(model: str, engine: str | None, plan: str | None, budget: int | None
         "plan": res.plan.name,
         "request": {"height": r.height, "width": r.width, "frames": r.frames, "steps": r.steps,
                     "cfg": r.cfg, "cfg_mode": r.cfg_mode, "batch": r.batch},
-        "budget_bytes": res.budget_bytes, "latency_s": res.latency_s, "compute_s": res.compute_s,
+        "budget_bytes": res.budget_bytes, "latency_s": res.latency_s,
+        "steady_state": bool(res.extra.get("steady_state")),
+        "cold_latency_s": res.extra.get("cold_latency_s"), "compute_s": res.compute_s,
         "stall_s": res.stall_s, "h2d_bytes": res.h2d_bytes, "d2h_bytes": res.d2h_bytes,
         "peak_device_bytes": res.peak_device_bytes, "pinned_host_bytes": res.pinned_host_bytes,
         "achieved_h2d_bytes_per_s": achieved, "outputs": {k: str(v) for k, v in paths.items()},
@@ -84,7 +87,10 @@ def command(model: str, engine: str | None, plan: str | None, budget: int | None
         f"cfg {'on' if r.cfg else 'off'} — plan [bold]{res.plan.name}[/bold] on {res.device}"
         + (f" ({res.hardware})" if res.device == "sim" else ""),
         f"latency {res.latency_s:.3f} s: compute {res.compute_s:.3f} s, stalled on transfers "
-        f"{res.stall_s:.3f} s",
+        f"{res.stall_s:.3f} s"
+        + (f" — steady state: the second of two back-to-back requests (the plan keeps blocks "
+           f"between them; the first, cold: {res.extra['cold_latency_s']:.3f} s; peaks over both)"
+           if res.extra.get("steady_state") else ""),
         f"moved H2D {format_bytes(res.h2d_bytes)}, D2H {format_bytes(res.d2h_bytes)}; "
         f"peak device memory {format_bytes(res.peak_device_bytes)} of {format_bytes(res.budget_bytes)}; "
         f"pinned host {format_bytes(res.pinned_host_bytes)}",
@@ -97,13 +103,14 @@ def command(model: str, engine: str | None, plan: str | None, budget: int | None
 
 
 def _achieved_h2d(res: ProfileResult) -> float:
-    loads = res.trace[(res.trace.kind == "load") & (res.trace.stream == "h2d")]
+    trace = last_request(res.trace)
+    loads = trace[(trace.kind == "load") & (trace.stream == "h2d")]
     busy = float((loads.end_s - loads.t_s).sum())
     return float(loads.bytes.sum()) / busy if busy > 0 else float("nan")
 
 
 def _stage_table(res: ProfileResult) -> pd.DataFrame:
-    table = stage_breakdown(res.trace)
+    table = stage_breakdown(last_request(res.trace))  # the steady state's second request
     cols = ["stage", "wall_s", "compute_s", "stall_s", "exposed_copy_s", "copy_s",
             "hidden_copy_s", "h2d_bytes", "d2h_bytes"]
     return table[[c for c in cols if c in table.columns]]

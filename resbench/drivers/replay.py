@@ -30,9 +30,18 @@ class ReplayDriver:
         self.manager = manager
         self.cursor = 0
 
-    def run(self, request: Any = None) -> None:
+    def run(self, request: Any = None, *, requests: int = 1) -> None:
+        """Setup, then `requests` requests back to back on the same device (the steady
+        state of a plan that keeps weights from one request to the next)."""
         mgr = self.manager
         mgr.setup()
+        for _ in range(requests):
+            self._request()
+        mgr.tracer.finalize(mgr.device.resolve)
+
+    def _request(self) -> None:
+        mgr = self.manager
+        self.cursor = 0
         mgr.request_start()
         stage = None
         begin, end = mgr.unit_begin, mgr.unit_end
@@ -48,7 +57,6 @@ class ReplayDriver:
         if stage is not None:
             mgr.stage_exit(stage)
         mgr.request_end()
-        mgr.tracer.finalize(mgr.device.resolve)
 
 
 def sim_device(schedule: Schedule, profile: HardwareProfile, *, capacity_bytes: int | None = None,
@@ -64,9 +72,13 @@ def sim_device(schedule: Schedule, profile: HardwareProfile, *, capacity_bytes: 
 
 def simulate(schedule: Schedule, plan: Plan, profile: HardwareProfile, *,
              capacity_bytes: int | None = None, tracer: Tracer | None = None,
-             call_times_s: Sequence[float] | None = None) -> RunResult:
-    """Score `plan` on `schedule` and `profile`; raises `DoesNotFitError` if it cannot fit."""
+             call_times_s: Sequence[float] | None = None,
+             steady_state: bool | None = None) -> RunResult:
+    """Score `plan` on `schedule` and `profile`; raises `DoesNotFitError` if it cannot fit.
+    `steady_state`: score the second of two back-to-back requests (None: when the plan
+    keeps weights across requests; see `resbench.execution.execute`)."""
     from resbench.execution import execute
 
     device = sim_device(schedule, profile, capacity_bytes=capacity_bytes, call_times_s=call_times_s)
-    return execute(schedule, plan, device, tracer=tracer or Tracer(enabled=False))
+    return execute(schedule, plan, device, tracer=tracer or Tracer(enabled=False),
+                   steady_state=steady_state)

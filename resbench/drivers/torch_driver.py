@@ -121,13 +121,14 @@ class TorchDriver(PipelineHooks):
             raise ScheduleMismatch(
                 f"run ended after {self.cursor} calls; the schedule has {len(self.calls)}")
 
-    def run(self, request: Request) -> torch.Tensor:
-        """Setup (resident loads), then the request; returns the pipeline output. The
-        hooks are removed afterwards."""
+    def run(self, request: Request, *, requests: int = 1) -> torch.Tensor:
+        """Setup (resident loads), then `requests` runs of the request back to back; returns
+        the last one's output. The hooks are removed afterwards."""
         try:
             self.manager.setup()
-            with self.request():
-                out = self.pipe.run(request, hooks=self)
+            for _ in range(requests):
+                with self.request():
+                    out = self.pipe.run(request, hooks=self)
         finally:
             self.remove()
         self.manager.tracer.finalize(self.manager.device.resolve)

@@ -2,7 +2,13 @@
 
 An `Execution` puts a schedule, a plan and a `Device` under one `ResidencyManager` and picks
 the driver: a real forward pass (`TorchDriver`) when a pipeline is given, else a replay of
-the schedule (`ReplayDriver`). It runs one request and returns a `RunResult`. Nothing here
+the schedule (`ReplayDriver`). It runs one request and returns a `RunResult` — or, for a plan
+that keeps weights on the device from one request to the next
+(`Plan.keeps_across_requests`: layerwise `keep_resident`), the steady state: two requests
+back to back on one setup, the second's latency, bytes and compute reported, the peaks over
+both (the kept blocks meet the second request's text encoders, which one request never
+shows), so such a plan is never scored on a cold start it does not pay in service, nor on
+a memory peak it skips. Nothing here
 asks which device it holds: the device's lifecycle methods (setup bracket, clock, close)
 are no-ops where a device has nothing to do.
 
@@ -20,7 +26,7 @@ import torch
 
 from resbench.devices.base import Device
 from resbench.drivers.replay import ReplayDriver
-from resbench.errors import DeviceOOMError
+from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.models.base import REST
 from resbench.pipeline import ManagedPipeline, Request
 from resbench.residency.manager import ResidencyManager
@@ -58,6 +64,11 @@ class RunResult:
     pinned_host_bytes: int
     capacity_bytes: int
     """Device bytes the run was allowed to fill (the simulator's budget net of fragmentation)."""
+    steady_state: bool = False
+    """True: the figures are the second of two back-to-back requests on one setup (latency,
+    bytes, compute, stall, the trace's per-stage figures), the peaks over both."""
+    cold_latency_s: float | None = None
+    """With `steady_state`, the first (cold) request's latency; None otherwise."""
     stage_latency_s: dict[str, float] = field(default_factory=dict)
     h2d_stream_bytes: int = 0
     """Bytes streamed by layerwise components (their blocks) during the request."""
@@ -89,29 +100,39 @@ class Execution:
         self.driver: Any = (ReplayDriver(self.manager) if pipeline is None
                             else TorchDriver(pipeline, self.manager))
 
-    def run(self, request: Request | None = None, *, keep_output: bool = False) -> RunResult:
+    def run(self, request: Request | None = None, *, keep_output: bool = False,
+            steady_state: bool | None = None) -> RunResult:
         """Run the request; the device is closed afterwards whatever happens.
 
+        `steady_state`: run it twice back to back and report the second (None: when the
+        plan keeps weights across requests, `Plan.keeps_across_requests`); `keep_output`
+        keeps the last request's output.
+
         Raises `DoesNotFitError` (the plan needs more than the budget) or `DeviceOOMError`
-        (the device's allocator ran out, naming the unit that was running; memory freed)."""
+        (the device's allocator ran out, naming the unit that was running; memory freed),
+        in either request."""
         device, mgr = self.device, self.manager
+        steady = self.plan.keeps_across_requests if steady_state is None else steady_state
         out_of_memory = False
         try:
             try:
-                output = self.driver.run(request)
+                output = self.driver.run(request, requests=2 if steady else 1)
             except torch.OutOfMemoryError:
                 out_of_memory = True
+            except DoesNotFitError as exc:
+                self._in_second_request(exc)
+                raise
             if out_of_memory:
                 # raised outside the handler: the OOM's traceback (and the activations its
                 # frames hold) is gone before `close` empties the allocator's cache
                 # a component's own cache of activations (the Wan VAE's causal-conv feature
                 # cache) would otherwise hold GBs into the next run on the same modules
                 clear_component_caches(self.pipeline)
-                raise self._oom()
+                raise self._in_second_request(self._oom())
             peak = device.peak_bytes()
             reserved = device.peak_reserved_bytes()
             ledger_peak = device.ledger_peak_bytes()
-            busy = device.compute_busy_s()
+            busy = mgr.request_busy_s if steady else device.compute_busy_s()
             kept = output.detach().float().cpu() if keep_output and output is not None else None
             del output
         finally:
@@ -123,16 +144,28 @@ class Execution:
             stall: float | None = max(0.0, mgr.latency_s - busy)
         else:
             stall = figures.get("stall_s")
+        h2d, d2h = ((mgr.request_h2d_bytes, mgr.request_d2h_bytes) if steady
+                    else (mgr.h2d_bytes, mgr.d2h_bytes))
         return RunResult(
             plan_name=self.plan.name, device_kind=device.kind, measured=device.kind != "sim",
             latency_s=mgr.latency_s, setup_s=mgr.setup_s, compute_s=compute, stall_s=stall,
-            h2d_bytes=mgr.h2d_bytes, d2h_bytes=mgr.d2h_bytes, peak_device_bytes=peak,
+            h2d_bytes=h2d, d2h_bytes=d2h, peak_device_bytes=peak,
             peak_reserved_bytes=reserved, ledger_peak_bytes=ledger_peak,
             pinned_host_bytes=device.pinned_bytes(), capacity_bytes=device.capacity_bytes(),
+            steady_state=steady, cold_latency_s=mgr.latencies_s[0] if steady else None,
             stage_latency_s=figures.get("stage_latency_s", {}),
             h2d_stream_bytes=figures.get("h2d_stream_bytes", 0),
             h2d_stream_bytes_per_s=figures.get("h2d_stream_bytes_per_s"),
             trace=frame, output=kept)
+
+    def _in_second_request(self, exc: DoesNotFitError) -> DoesNotFitError:
+        """Say so in `exc`'s message when the plan ran out in the second of two requests
+        (the first finished): what the first left on the device is why."""
+        if len(self.manager.latencies_s) == 1 and self.plan.keeps_across_requests:
+            exc.args = (f"{exc} — in the second of two back-to-back requests: the resident "
+                        f"blocks kept from the first (keep_resident) hold their memory",
+                        *exc.args[1:])
+        return exc
 
     def _oom(self) -> DeviceOOMError:
         cursor = getattr(self.driver, "cursor", 0)
@@ -149,10 +182,11 @@ class Execution:
 
 def execute(schedule: Schedule, plan: Plan, device: Device, *, pipeline: ManagedPipeline | None = None,
             request: Request | None = None, tracer: Tracer | None = None,
-            keep_output: bool = False) -> RunResult:
-    """Run one request of `schedule` under `plan` on `device`; see `Execution`."""
+            keep_output: bool = False, steady_state: bool | None = None) -> RunResult:
+    """Run one request of `schedule` under `plan` on `device` (two, the second reported,
+    for a plan that keeps weights across requests); see `Execution`."""
     return Execution(schedule, plan, device, pipeline=pipeline, tracer=tracer).run(
-        request, keep_output=keep_output)
+        request, keep_output=keep_output, steady_state=steady_state)
 
 
 def _layerwise_components(plan: Plan, schedule: Schedule) -> list[str]:
@@ -176,9 +210,9 @@ def clear_component_caches(pipeline: ManagedPipeline | None) -> None:
 
 def _trace_figures(frame: pd.DataFrame, plan: Plan, schedule: Schedule) -> dict[str, Any]:
     """Figures read off a trace: compute (unit calls and adapter merges), stall, per-stage
-    latency, streaming bandwidth."""
-    start = frame.loc[frame.kind == "request_start", "t_s"].min()
-    request = frame[frame.t_s >= start]
+    latency, streaming bandwidth — of the last request (a steady-state run has two)."""
+    starts = (frame.kind == "request_start").to_numpy().nonzero()[0]
+    request = frame.iloc[starts[-1]:]  # rows are in the order the manager emitted them
     compute = request[request.kind.isin(("compute", "merge"))]
     enters = request[request.kind == "stage_enter"].groupby("stage").t_s.min()
     exits = request[request.kind == "stage_exit"].groupby("stage").t_s.max()

@@ -72,8 +72,18 @@ class ResidencyManager:
         self.setup_s = 0.0
         """Seconds `setup` took on the device's clock."""
         self.latency_s = 0.0
-        """Seconds from `request_start` to `request_end` on the device's clock (all work done)."""
+        """Seconds from `request_start` to `request_end` on the device's clock (all work done),
+        of the last request."""
+        self.latencies_s: list[float] = []
+        """`latency_s` of every request so far, in order."""
+        self.request_h2d_bytes = 0
+        """Bytes copied in during the last request (`h2d_bytes` counts setup's too)."""
+        self.request_d2h_bytes = 0
+        self.request_busy_s: float | None = None
+        """Seconds the compute stream was busy during the last request (None: the device
+        does not know without a trace)."""
         self._request_start_s = 0.0
+        self._request_start_figures: tuple[int, int, float | None] = (0, 0, None)
 
     # -- driver hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -99,6 +109,8 @@ class ResidencyManager:
         self._current.clear()
         self._handed_off.clear()
         self._request_start_s = self.device.clock_s()
+        self._request_start_figures = (self.h2d_bytes, self.d2h_bytes,
+                                       self.device.compute_busy_s())
         self.tracer.stage = ""
         self.tracer.step = -1
         self.tracer.event("request_start", self.device.now())
@@ -154,6 +166,12 @@ class ResidencyManager:
         self._memory()
         self.tracer.event("request_end", self.device.now())
         self.latency_s = self.device.clock_s() - self._request_start_s
+        self.latencies_s.append(self.latency_s)
+        h2d, d2h, busy = self._request_start_figures
+        self.request_h2d_bytes = self.h2d_bytes - h2d
+        self.request_d2h_bytes = self.d2h_bytes - d2h
+        busy_now = self.device.compute_busy_s()
+        self.request_busy_s = None if busy_now is None or busy is None else busy_now - busy
 
     # -- uses --------------------------------------------------------------------------------
     def _begin_use(self, use: UseInterval) -> None:
@@ -278,6 +296,13 @@ class ResidencyManager:
             self.tracer.event("release", self.device.now(), component=key[0], unit=key[1],
                               nbytes=self.unit_bytes[key], reason=reason)
             self._memory()
+
+    def keep_unit(self, key: UnitKey, reason: str) -> None:
+        """Trace that the unit's device copy stays (at a request's end) or was found there
+        (a request that does not load it again)."""
+        if self.tracer.enabled:
+            self.tracer.event("keep", self.device.now(), component=key[0], unit=key[1],
+                              nbytes=self.unit_bytes[key], reason=reason)
 
     def copy_back(self, key: UnitKey, reason: str) -> None:
         """Copy the unit's device copy back into its host copy, then free it (`reason`:

@@ -20,7 +20,9 @@ TOML shape (schema 1)::
 Strategies (`resbench.residency.strategies`): `resident`, `offload` (`prefetch`, `release`
 = drop | d2h), `snapshot` (`prefetch`: offload whose release copies weights changed on the
 device — a merged LoRA — back to the host copy, which later loads read), `layerwise`
-(`group_size`, `prefetch_depth`, `resident_blocks`, `placement`), `disabled`.
+(`group_size`, `prefetch_depth`, `resident_blocks`, `placement`, `keep_resident`: the
+resident blocks stay on the device between requests — steady-state serving; such a plan is
+scored on the second of two back-to-back requests), `disabled`.
 
 Every unknown key is an error that lists the valid keys; every bad value names its TOML path.
 """
@@ -86,6 +88,16 @@ class Plan:
         if not POLICIES[self.policy].manages:
             return DisabledConfig()
         return self.config_for(component, kind)
+
+    @property
+    def keeps_across_requests(self) -> bool:
+        """Whether something this plan streams stays on the device from one request to the
+        next (a layerwise entry with `keep_resident` and resident blocks): then one request
+        is not the plan's cost, the steady state is — the second of two back-to-back
+        requests, its memory checked over both (`resbench.execution.execute`)."""
+        return POLICIES[self.policy].manages and any(
+            getattr(cfg, "keep_resident", False) and getattr(cfg, "resident_blocks", 0) > 0
+            for _, cfg in self.components)
 
     def with_components(self, **configs: StrategyConfig) -> Plan:
         table = dict(self.components)
@@ -176,9 +188,15 @@ def check_plan(plan: Plan) -> None:
 
 
 def config_to_dict(cfg: StrategyConfig) -> dict[str, Any]:
+    """The config's TOML table: every knob, except one marked `written = "when set"` in its
+    field's metadata while at its default (a knob added later leaves the files, and the
+    `plan_id`s, of plans that do not use it as they were)."""
     out: dict[str, Any] = {"strategy": cfg.name}
     for f in fields(cfg):
-        out[f.name] = getattr(cfg, f.name)
+        value = getattr(cfg, f.name)
+        if f.metadata.get("written") == "when set" and value == f.default:
+            continue
+        out[f.name] = value
     return out
 
 

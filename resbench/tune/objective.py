@@ -2,7 +2,10 @@
 
 `Evaluator` holds what every trial shares — the schedule (recorded once per tune), the
 `CostModel` call times (computed once) and the budgets — and turns a `Plan` into an
-`Evaluation`. `Objective` is the optuna callable around it.
+`Evaluation`. `Objective` is the optuna callable around it. A plan that keeps weights on the
+device from one request to the next (layerwise `keep_resident`) is scored on the steady
+state: the second of two back-to-back requests, with memory checked over both
+(`resbench.execution.execute`); every other plan on one request, as before.
 
 Constraints (optuna 5 `trial.set_constraint`; feasible when ≤ 0):
 
@@ -74,6 +77,15 @@ class Evaluation:
     screened: bool = False
     """True when the plan was not run on the GPU because the simulator found it short of
     memory even at the budget plus the screen margin (`Evaluator.screen_fraction`)."""
+    cold_latency_s: float | None = None
+    """For a plan that keeps weights across requests (`steady_state`), the first, cold
+    request's latency; `latency_s` is then the second's."""
+
+    @property
+    def steady_state(self) -> bool:
+        """The latency is the second of two back-to-back requests (the plan keeps weights on
+        the device between requests: `Plan.keeps_across_requests`), the peak over both."""
+        return self.plan.keeps_across_requests
 
     @property
     def margin_bytes(self) -> int:
@@ -105,6 +117,8 @@ class Evaluation:
                          d2h_bytes=self.d2h_bytes)
             if self.stall_s is not None:  # absent, never 0, when not measured
                 attrs["stall_s"] = self.stall_s
+            if self.cold_latency_s is not None:
+                attrs["cold_latency_s"] = self.cold_latency_s
         else:
             attrs.update(missing_bytes=self.missing_bytes, failed_at=self.failed_at,
                          failure=self.failure or None,
@@ -176,7 +190,7 @@ class Evaluator:
                           peak_device_bytes=r.peak_device_bytes,
                           pinned_host_bytes=r.pinned_host_bytes, stall_s=r.stall_s,
                           h2d_bytes=r.h2d_bytes, d2h_bytes=r.d2h_bytes, capacity_bytes=allowed,
-                          measured=self.measured)
+                          measured=self.measured, cold_latency_s=r.cold_latency_s)
 
     def screen(self, plan: Plan, allowed_bytes: int) -> Evaluation | None:
         """The infeasible `Evaluation` of a plan not worth a GPU run, else None."""

@@ -106,7 +106,7 @@ class TuneResult:
             f"{'on' if r.cfg else 'off'}" + (f", scale {self.scale:g}" if self.scale != 1 else "")
             + f"; {self.hardware} with a device budget of {format_bytes(self.budget_bytes)} and "
             f"a pinned host budget of {format_bytes(self.host_budget_bytes, binary=True)}.",
-            f"# Latency {b.latency_s:.3f} s ({self.result_note}), peak device "
+            f"# Latency {b.latency_s:.3f} s ({self.result_note}){_steady_note(b)}, peak device "
             f"{format_bytes(b.peak_device_bytes, binary=True)}, pinned host "
             f"{format_bytes(b.pinned_host_bytes, binary=True)}.",
         ]
@@ -209,12 +209,22 @@ class TuneResult:
         }
 
 
+def _steady_note(e: Evaluation) -> str:
+    """What the latency is for a plan that keeps weights across requests: the steady state."""
+    if not e.steady_state:
+        return ""
+    cold = f"; the first, cold: {e.cold_latency_s:.3f} s" if e.cold_latency_s is not None else ""
+    return (f" in steady state (the second of two back-to-back requests, the resident blocks "
+            f"kept from the first{cold}; peaks over both)")
+
+
 def _kind(e: Evaluation) -> str:
     return "measured" if e.measured else "simulated"
 
 
 def _evaluation_dict(e: Evaluation) -> dict[str, Any]:
     return {"fits": e.fits, "latency_s": e.latency_s if e.fits else None,
+            "steady_state": e.steady_state, "cold_latency_s": e.cold_latency_s,
             "peak_device_bytes": e.peak_device_bytes, "pinned_host_bytes": e.pinned_host_bytes,
             "stall_s": e.stall_s, "h2d_bytes": e.h2d_bytes, "d2h_bytes": e.d2h_bytes,
             "missing_bytes": e.missing_bytes, "measured": e.measured,

@@ -389,7 +389,8 @@ def _evaluation(t: optuna.trial.FrozenTrial, capacity_bytes: int) -> Evaluation:
                       h2d_bytes=a.get("h2d_bytes", 0), d2h_bytes=a.get("d2h_bytes", 0),
                       capacity_bytes=capacity_bytes, missing_bytes=a.get("missing_bytes", 0),
                       needed_budget_bytes=a.get("needed_budget_bytes"),
-                      measured=a.get("measured", False))
+                      measured=a.get("measured", False),
+                      cold_latency_s=a.get("cold_latency_s"))
 
 
 def _no_feasible(trials: list[optuna.trial.FrozenTrial], space: SearchSpace,
@@ -481,4 +482,5 @@ def _measure(gpu: Backend, ev: Evaluation, budget: int | None) -> Evaluation:
     return dataclasses.replace(ev, latency_s=r.latency_s, stall_s=r.stall_s,
                                peak_device_bytes=r.peak_device_bytes,
                                pinned_host_bytes=r.pinned_host_bytes, h2d_bytes=r.h2d_bytes,
-                               d2h_bytes=r.d2h_bytes, measured=True)
+                               d2h_bytes=r.d2h_bytes, measured=True,
+                               cold_latency_s=r.cold_latency_s)

@@ -128,6 +128,7 @@ def knobs(wild: bool) -> dict[str, st.SearchStrategy[Any]]:
         # past every block count drawn: valid, the strategy keeps what there is
         "resident_blocks": either(wild, st.integers(0, 10), st.just(-1)),
         "placement": either(wild, st.sampled_from(["prefix", "spaced"]), st.just("middle")),
+        "keep_resident": either(wild, st.booleans(), st.just("yes")),
         "prefetch": either(wild, st.booleans(), st.just("yes")),
         "release": either(wild, st.sampled_from(["drop", "d2h"]), st.just("keep")),
     }
@@ -183,7 +184,8 @@ def direct_plans(draw: st.DrawFn, components: tuple[str, ...]) -> functools.part
     cfg = st.one_of(configs, st.builds(LayerwiseConfig, group_size=knob["group_size"],
                                        prefetch_depth=knob["prefetch_depth"],
                                        resident_blocks=knob["resident_blocks"],
-                                       placement=knob["placement"]),
+                                       placement=knob["placement"],
+                                       keep_resident=knob["keep_resident"]),
                     st.builds(OffloadConfig, prefetch=knob["prefetch"], release=knob["release"]))
     keys = draw(st.lists(st.sampled_from((*components, "dit", "default")), unique=True,
                          max_size=len(components) + 1))
@@ -232,12 +234,17 @@ def check(schedule: Schedule, make_plan: Callable[[], Plan],
         outcome("does not fit")
         assert str(err) and err.component and err.missing_bytes > 0
         return
-    outcome(f"ran ({plan.policy})")
+    outcome(f"ran ({plan.policy}{', steady state' if result.steady_state else ''})")
     assert plan_from_dict(plan.to_dict()) == plan  # what runs can be written and read back
-    ev = run.manager.tracer.frame()
+    frame = run.manager.tracer.frame()
     assert result.peak_device_bytes <= result.capacity_bytes
-    assert ev[ev.kind == "memory"].device_bytes.max() <= result.capacity_bytes
+    assert frame[frame.kind == "memory"].device_bytes.max() <= result.capacity_bytes
     assert run.manager.leftover_units() == []
+    assert result.steady_state == plan.keeps_across_requests
+    # the figures are the last request's (the second of two in the steady state)
+    starts = (frame.kind == "request_start").to_numpy().nonzero()[0]
+    assert len(starts) == (2 if result.steady_state else 1)
+    ev = frame.iloc[starts[-1]:] if result.steady_state else frame
     loads = ev[ev.kind == "load"]
     assert (loads.end_s >= loads.t_s).all()
     waits = ev[ev.kind == "wait"]

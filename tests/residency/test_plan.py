@@ -53,7 +53,7 @@ def test_sizes_in_toml() -> None:
     ({"components": {"transformer": {"strategy": "stream"}}},
      "components.transformer.strategy: 'stream' is not a strategy; valid: resident, offload, layerwise, disabled"),
     ({"components": {"transformer": {"strategy": "layerwise", "prefetch_dpeth": 2}}},
-     "components.transformer.prefetch_dpeth: unknown key for strategy 'layerwise'; valid keys: group_size, placement, prefetch_depth, resident_blocks, strategy"),
+     "components.transformer.prefetch_dpeth: unknown key for strategy 'layerwise'; valid keys: group_size, keep_resident, placement, prefetch_depth, resident_blocks, strategy"),
     ({"components": {"transformer": {"strategy": "layerwise", "prefetch_depth": -1}}},
      "components.transformer.prefetch_depth: must be ≥ 0, got -1"),
     ({"components": {"transformer": {"strategy": "layerwise", "group_size": 1.5}}},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from resbench.devices.base import Transfer, UnitKey
@@ -28,6 +28,16 @@ class LayerwiseConfig(StrategyConfig):
     """Blocks that stay on the device for the whole request (partial residency)."""
     placement: Literal["prefix", "spaced"] = "prefix"
     """Which blocks are resident: the first ones, or evenly spaced ones."""
+    keep_resident: bool = field(default=False, metadata={"written": "when set"})
+    """Steady-state serving: the resident blocks stay on the device after the request, so the
+    next request finds them there (traced as `keep`, reason `kept from the last request`,
+    where a cold request loads them). They come in with the first request's first use, as
+    without the option, and then hold their bytes through every later request — through
+    its earlier components too (the text encoders run beside them), a peak one request
+    never has: plans with the option are scored on the second of two back-to-back requests
+    (`Plan.keeps_across_requests`, `resbench.execution.execute`). Nothing is kept with
+    `resident_blocks = 0`; the manager never evicts kept blocks (a plan they do not fit
+    beside is out of memory)."""
 
 
 def split_blocks(units: list[UnitInfo],
@@ -70,6 +80,7 @@ class LayerwiseStrategy(Strategy):
         self.loaded: set[int] = set()  # groups on the device (in flight or ready)
         self.pending: dict[str, Transfer] = {}  # rest and resident blocks
         self.resident_loaded = False
+        self.kept_over = False  # the resident blocks stayed from the last request, not seen yet
         self.visit_table = ctx.index.visit_table(
             component, [[u.name for u in grp] for grp in self.groups], self.depth)
 
@@ -91,6 +102,10 @@ class LayerwiseStrategy(Strategy):
             for u in self.resident_units:
                 self.pending[u.name] = self.ctx.load((self.component, u.name), prefetch=prefetch)
             self.resident_loaded = True
+        elif self.kept_over:
+            for u in self.resident_units:
+                self.ctx.keep_unit((self.component, u.name), "kept from the last request")
+            self.kept_over = False
 
     def head_prefetch(self, use: UseInterval, groups: int) -> int:
         self.prefetch()
@@ -147,10 +162,20 @@ class LayerwiseStrategy(Strategy):
 
     def request_end(self) -> None:
         """Also take the resident blocks off: they came in with this request's first use,
-        and each request starts from the device as setup left it. Kept over requests, they
-        would meet the next request's earlier components, a peak the one-request schedule
-        (and so the simulator) never has."""
+        and each request starts from the device as setup left it — unless `keep_resident`
+        says to leave them for the next request. Kept over requests, they meet the next
+        request's earlier components, a peak the one-request schedule never has: such a
+        plan is scored on two requests in a row (`Plan.keeps_across_requests`)."""
         super().request_end()
+        assert isinstance(self.config, LayerwiseConfig)
+        if self.resident_loaded and self.config.keep_resident and self.resident_units:
+            for u in self.resident_units:
+                transfer = self.pending.pop(u.name, None)
+                if transfer is not None:
+                    self.ctx.wait(transfer)  # an unused block's copy lands before the request ends
+                self.ctx.keep_unit((self.component, u.name), "keep_resident: for the next request")
+            self.kept_over = True
+            return
         if self.resident_loaded:
             for u in self.resident_units:
                 self.pending.pop(u.name, None)
