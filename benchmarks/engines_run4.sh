@@ -4,6 +4,8 @@
 #   bash benchmarks/engines_run4.sh b   # Wan 17f alone on the host (GPU 0): group offload with streams
 #   bash benchmarks/engines_run4.sh c   # Wan 17f alone: leaf-level group offload with streams (cut
 #                                       # in b by the time limit) beside the tuned 24 GB plan
+#   bash benchmarks/engines_run4.sh d   # Wan 81f leaf-level group offload with streams (GPU 0)
+#                                       # beside FLUX's steady-state keep_resident plans (GPU 1)
 # Everything goes under $OUT/<phase>: per process a folder (cells.csv/json, profiles.tar.gz) and
 # its log, the cards and the host's memory.
 set -u
@@ -36,8 +38,14 @@ b)
 c)
     engines 0 w0 330 --cells wan-480x832x17-s4 --host-limit-gb 230 \
         --rows 24:tuned,24:group-leaf-stream ;;
+d)
+    engines 0 w0 295 --cells wan-480x832x81-s4 --host-limit-gb 200 --rows 24:group-leaf-stream &
+    engines 1 f1 240 --cells flux-1024-s8 --host-limit-gb 45 --rows \
+24:plan:flux-1024-s8-24GB-drop.toml,24:plan:flux-1024-s8-24GB-keep.toml,\
+16:plan:flux-1024-s8-16GB-keep.toml,16:tuned &
+    wait ;;
 *)
-    echo "engines_run4.sh: unknown phase '$phase'; phases are a, b and c" >&2; exit 2 ;;
+    echo "engines_run4.sh: unknown phase '$phase'; phases are a, b, c and d" >&2; exit 2 ;;
 esac
 free -g >> "$out/env.txt"
 for f in "$out"/*.log; do tail -n 3 "$f"; done
