@@ -58,6 +58,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.engines_bounds import lower_bound  # noqa: E402
 from benchmarks.engines_cells import (  # noqa: E402
     H200,
     PINNED_PEER_HOST,
@@ -82,7 +83,7 @@ from benchmarks.engines_measure import (  # noqa: E402
     host_ram_bytes,
     one_line,
 )
-from resbench.peers import PEERS, LinkRates, PeerMode, RequestBytes  # noqa: E402
+from resbench.peers import PEERS, PeerMode  # noqa: E402
 from resbench.peers.diffusers_modes import SequentialOffload  # noqa: E402
 
 
@@ -234,7 +235,7 @@ def run_cell(b: Bench, cell: Cell) -> None:
         b.add(row)
         done[(budget, row["row"])] = row
     fill_in(b, cell, done, head, real, label)
-    bounds(b, cell, first, load, link, scale)
+    bounds(b, first)
     pipe = None  # the closures above hold it too
     b.broken = None  # the next cell builds its own pipeline
     free_everything()
@@ -305,25 +306,15 @@ def host_cell(b: Bench, cell: Cell, label: Any) -> None:
         b.add(row)
 
 
-def bounds(b: Bench, cell: Cell, first: int, load: RequestBytes, link: LinkRates,
-           scale: float) -> None:
-    """The physical lower bound of every row of the cell: max(compute, DiT forwards × the DiT
-    bytes that do not fit beside the activations / pinned H2D rate)."""
+def bounds(b: Bench, first: int) -> None:
+    """The physical lower bound of every row of the cell (`engines_bounds.lower_bound`)."""
     ref = [r for r in b.rows[first:] if r.get("kind") == "reference" and r.get("status") == "ok"]
     if not ref:
         return
-    compute = ref[0]["latency_s"]
-    weights = ref[0]["weights_bytes"]
-    activations = max(0, (ref[0].get("peak_allocated_bytes") or weights) - weights)
     for row in b.rows[first:]:
-        budget = row.get("budget_bytes")
-        if not isinstance(budget, int):
-            continue
-        room = max(0, budget - activations)
-        moved = cell.dit_forwards * max(0, load.dit_bytes - room)
-        transfer = moved / link.h2d_pinned_bytes_per_s
-        row.update(compute_s=compute, activation_bytes=activations, must_move_bytes=moved,
-                   transfer_bound_s=transfer, lower_bound_s=max(compute, transfer))
+        fields = lower_bound(ref[0], row)
+        if fields is not None:
+            row.update(fields)
     b.write()
 
 

@@ -14,13 +14,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.engines_bounds import H2D_PINNED_BYTES_PER_S  # noqa: E402
 from benchmarks.engines_measure import GB  # noqa: E402
 from resbench.peers import LinkRates, PeerMode, RequestBytes  # noqa: E402
 
 PLANS = Path(__file__).parent / "results" / "engines_plans"
 PRESETS = ("sglang-wan2.2", "kijai-block-swap", "diffusers-group-offload",
            "diffusers-model-offload", "diffusers-sequential-offload", "all-resident")
-H200 = LinkRates(h2d_pinned_bytes_per_s=55.1e9, h2d_pageable_bytes_per_s=5.3e9,
+H200 = LinkRates(h2d_pinned_bytes_per_s=H2D_PINNED_BYTES_PER_S, h2d_pageable_bytes_per_s=5.3e9,
                  d2h_pinned_bytes_per_s=55.0e9, d2h_pageable_bytes_per_s=13.9e9,
                  pin_s_per_byte=4.2e-10)
 """benchmarks/results/h200-calibrated.toml: for predictions only."""

@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.engines_bounds import lower_bound
+
 GB = 1e9
 PLANS = Path(__file__).parent / "results" / "engines_plans"
 TRANSFER_GOAL = 0.80
@@ -61,8 +63,8 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     row): a row measured in its run (not copied from another budget, not skipped) before one
     that was not; among measured peer-mode rows the fastest; else the newest run (its date;
     the later argument on a tie). Each row names its run (`run`: the folder); a row without
-    a lower bound (its run had no reference row) takes the cell's at that budget. The
-    environments come back in the order given."""
+    a lower bound (its run had no reference row) gets one from the cell's merged reference
+    row. The environments come back in the order given."""
     frames, envs = [], []
     folders = [path if path.is_dir() else path.parent for path in paths]
     for order, (path, name) in enumerate(zip(paths, run_names(folders), strict=True)):
@@ -84,14 +86,24 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     rows = rows.sort_values(["_measured", "_fast", "_date", "_order"], kind="stable")
     keep = rows.drop_duplicates(["cell", "_budget", "row"], keep="last")
     keep = keep.sort_index()  # each run's row order (cells, budgets, rows by value)
-    if "lower_bound_s" in keep:
-        # a run without the cell's reference row (`--rows`) has no bound of its own: the
-        # cell's bound at that budget from the run that had one
-        known = rows.groupby(["cell", "_budget"])["lower_bound_s"].first()
-        cell_bound = [known.get(key, math.nan)
-                      for key in zip(keep["cell"], keep["_budget"], strict=True)]
-        keep = keep.assign(lower_bound_s=keep["lower_bound_s"].fillna(
-            pd.Series(cell_bound, index=keep.index)))
+    # a run without the cell's reference row (`--rows`) has no bound of its own: figured
+    # from the merged reference row of the cell, as the benchmark figures it
+    refs = keep[(keep["kind"] == "reference") & (keep["status"] == "ok")]
+    refs = {r["cell"]: r for r in refs.to_dict("records")}
+    bounds = {}
+    for index, r in keep.to_dict("index").items():
+        if _num(r.get("lower_bound_s")) == _num(r.get("lower_bound_s")) or r["cell"] not in refs:
+            continue
+        if _num(r.get("dit_bytes")) != _num(r.get("dit_bytes")):
+            continue
+        fields = lower_bound(refs[r["cell"]], r)
+        if fields is not None:
+            bounds[index] = fields
+    if bounds:
+        filled = pd.DataFrame.from_dict(bounds, orient="index")
+        keep = keep.assign(**{c: keep.get(c, pd.Series(math.nan, index=keep.index))
+                              .astype("float64") for c in filled.columns})
+        keep.loc[filled.index, filled.columns] = filled.astype("float64")
     return keep.drop(columns=["_date", "_order", "_measured", "_budget", "_fast"]), envs
 
 

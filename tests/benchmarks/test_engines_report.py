@@ -73,20 +73,26 @@ def test_a_compute_bound_cell_is_held_to_the_card_and_to_every_peer(tmp_path: Pa
     assert "1.02 (met, goal ≤ 1.03)" in render(frame, envs)
 
 
-def test_a_run_without_the_reference_row_takes_the_cells_bound(tmp_path: Path) -> None:
+def test_a_run_without_the_reference_row_gets_its_bound_from_the_cells_reference(
+        tmp_path: Path) -> None:
+    cell = {"dit_bytes": 28 * GB, "dit_forwards": 8}
     old = run(tmp_path, "run3", "2026-11-30 05:00:00 UTC", [
-        row("wan", "card", "no-offload", "reference", "ok", latency_s=28.7),
-        row("wan", 24.0, "resbench-tuned", "tuned", "skipped", reason="time",
-            lower_bound_s=28.7),
-        row("wan", 48.0, "model-offload", "peer", "ok", latency_s=96.0, lower_bound_s=28.8)])
-    new = run(tmp_path, "run4", "2026-11-30 08:30:00 UTC", [  # --rows 24:tuned only
-        row("wan", 24.0, "resbench-tuned", "tuned", "ok", latency_s=29.1),
-        row("wan", 24.0, "resbench-flux-drop", "variant", "ok", latency_s=29.0)])
+        row("wan", "card", "no-offload", "reference", "ok", latency_s=28.7,
+            weights_bytes=69 * GB, peak_allocated_bytes=79 * GB, **cell),
+        row("wan", 48.0, "model-offload", "peer", "ok", latency_s=96.0, lower_bound_s=28.7,
+            **cell)])
+    new = run(tmp_path, "run4", "2026-11-30 08:30:00 UTC", [  # --rows 24:tuned,16:...
+        row("wan", 24.0, "resbench-tuned", "tuned", "ok", latency_s=29.1, **cell),
+        row("wan", 16.0, "resbench-variant", "variant", "ok", latency_s=31.0, **cell)])
     frame, _ = merge([old, new])
     got = {(str(r.budget_gb), r.row): (r.run, r.lower_bound_s) for r in frame.itertuples()}
+    # activations 79 - 69 = 10 GB: at 24 GB the DiT has 14 GB of room, 14 GB must cross per
+    # forward (8 × 14 GB ÷ 55.1 GB/s = 2.03 s < 28.7 s of compute); at 16 GB, 6 GB of room
     assert got[("24.0", "resbench-tuned")] == ("run4", 28.7)
-    assert got[("24.0", "resbench-flux-drop")] == ("run4", 28.7)
-    assert got[("48.0", "model-offload")] == ("run3", 28.8)
+    assert got[("16.0", "resbench-variant")] == ("run4", 28.7)
+    assert got[("48.0", "model-offload")] == ("run3", 28.7)
+    moved = frame.set_index("row").loc["resbench-variant", "must_move_bytes"]
+    assert moved == 8 * 22 * GB
 
 
 def test_runs_whose_folders_share_a_name_are_told_apart(tmp_path: Path) -> None:
