@@ -25,6 +25,10 @@ from resbench.residency.strategies import (
     StrategyConfig,
 )
 
+LIFETIME = "--dit-layerwise-residency-lifetime"
+PER_REQUEST = "per-request"
+"""resbench's default lifetime of resident blocks, which sglang has no value for: compared
+between DiTs like a flag, never printed."""
 SWITCHES = {"text_encoder": "--text-encoder-cpu-offload", "vae": "--vae-cpu-offload"}
 """The whole-component offload switch of each non-DiT kind."""
 
@@ -84,6 +88,20 @@ def _dit(name: str, cfg: StrategyConfig, notes: list[str]) -> list[str]:
         notes.append(f"{name}: {cfg.resident_blocks} resident blocks need a sglang with "
                      f"--dit-layerwise-resident-layers, placed {policy!r} "
                      f"(placement={cfg.placement}); older versions stream every layer")
+        # the flag's values are known only from launch commands seen in use, not from a
+        # release's documentation: say so rather than guess its default
+        # always set (per-request dropped at the end), so that DiTs that differ are caught
+        flags.append(f"{LIFETIME} {'permanent' if cfg.keep_resident else PER_REQUEST}")
+        if cfg.keep_resident:
+            notes.append(f"{name}: keep_resident=true (resident blocks kept from one request "
+                         "to the next): --dit-layerwise-residency-lifetime permanent, a flag of "
+                         "newer sglang builds (values seen in use: permanent, forward); older "
+                         "versions have no lifetime flag")
+        else:
+            notes.append(f"{name}: the resident blocks come in with each request and leave at "
+                         "its end (keep_resident=false); sglang's "
+                         "--dit-layerwise-residency-lifetime (newer builds; values seen in use: "
+                         "permanent, forward) has no per-request lifetime")
     return flags
 
 
@@ -141,5 +159,6 @@ def sglang_flags(plan: Plan, kinds: Mapping[str, str]) -> SglangExport:
                      "(component_residency_dynamic_budget) keeps a component if its size + "
                      "2 GiB fits; no launch flag for it was found")
     flags = tuple(f"{k} {v}" for k, v in by_flag.items()
-                  if (k, v) != ("--dit-layerwise-resident-layers", "0"))
+                  if (k, v) not in (("--dit-layerwise-resident-layers", "0"),
+                                    (LIFETIME, PER_REQUEST)))
     return SglangExport(flags, tuple(notes))

@@ -56,7 +56,25 @@ def test_what_sglang_cannot_say_is_listed_line_by_line():
     assert "text_encoder: layerwise" in notes
     assert "vae: release=drop" in notes
     assert "policy=dynamic" in notes
+    assert "no per-request lifetime" in notes  # resident blocks per request (the default)
+    assert not any("residency-lifetime" in f for f in out.flags)
     assert len(out.unexpressed) == len(set(out.unexpressed))
+
+
+def test_blocks_kept_between_requests_map_to_a_permanent_residency_lifetime():
+    plan = Plan(name="keep", components=(
+        ("transformer", LayerwiseConfig(resident_blocks=30, keep_resident=True)),))
+    out = sglang_flags(plan, WAN)
+    assert "--dit-layerwise-resident-layers 30" in out.flags
+    assert "--dit-layerwise-residency-lifetime permanent" in out.flags
+    assert any("keep_resident=true" in n for n in out.unexpressed)
+    # the flag is global: a second DiT that drops its blocks per request is told so
+    both = Plan(name="keep", components=(
+        ("transformer", LayerwiseConfig(resident_blocks=30, keep_resident=True)),
+        ("transformer_2", LayerwiseConfig(resident_blocks=30))))
+    notes = "\n".join(sglang_flags(both, WAN).unexpressed)
+    assert ("transformer_2: wants --dit-layerwise-residency-lifetime per-request, but the flag "
+            "is global and transformer set it to permanent") in notes
 
 
 def test_resident_layers_differing_between_dits_is_a_conflict():
