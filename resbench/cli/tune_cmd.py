@@ -31,6 +31,7 @@ from resbench.cli.common import (
 )
 from resbench.fileio import atomic_path, atomic_write_text
 from resbench.tune import TuneInterrupted, TuneOptions, tune
+from resbench.tune.result import search_note
 from resbench.tune.study import OBJECTIVES, SAMPLERS, default_storage
 from resbench.tune.trial_log import trial_line
 from resbench.units import format_bytes
@@ -194,6 +195,9 @@ def command(model: str, engine: str | None, budget: int, host_budget: int | None
         f"wrote {path}",
         f"study {result.study_name} in {result.storage} (optuna-dashboard {result.storage})",
     ]
+    note = search_note(result.last_gain_trial, result.trials_total)
+    if note:
+        lines.insert(1, note)
     if not no_report:
         report = write_study_report(result.study_name, storage or default_storage(result.study_name),
                                     report_path or Path("reports") / f"{result.study_name}.html")

@@ -8,6 +8,8 @@ it was found (`plan_toml`, `save_plan`).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +81,13 @@ class TuneResult:
     result_note: str = "simulated"
     min_budget_bytes: int | None = None
     """The smallest budget any plan fits in (`analysis.budget.min_budget_bytes`)."""
+    last_gain_trial: int | None = None
+    """The trial (number) after which no feasible trial beat the best so far by `GAIN`
+    (`last_gain`); None where none is feasible."""
+
+    def converged(self) -> bool:
+        """No gain of `GAIN` or more in the later half of the study's trials (`settled`)."""
+        return settled(self.last_gain_trial, self.trials_total)
 
     # -- the plan file ---------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -196,6 +205,7 @@ class TuneResult:
             "result": self.result_note, "best_trial": self.best_trial,
             "trials_run": self.trials_run, "trials_total": self.trials_total,
             "trials_feasible": self.trials_feasible, "min_budget_bytes": self.min_budget_bytes,
+            "last_gain_trial": self.last_gain_trial, "converged": self.converged(),
             "best": _evaluation_dict(self.best),
             "all_resident_full_card": _evaluation_dict(self.all_resident),
             "lower_bound_s": self.lower_bound_s,
@@ -207,6 +217,43 @@ class TuneResult:
             "pareto": [_evaluation_dict(e) for e in self.pareto],
             "validation": [dataclasses.asdict(v) for v in self.validation],
         }
+
+
+GAIN = 0.01
+"""The relative improvement of the best latency that counts as a gain (`last_gain`)."""
+
+
+def last_gain(latencies: Iterable[tuple[int, float]], gain: float = GAIN) -> int | None:
+    """The number of the last trial that beat the best latency before it by `gain` or more
+    (relative), over (trial number, latency) pairs of feasible trials in any order; the first
+    feasible trial counts as a gain. None for no trials."""
+    best, last = math.inf, None
+    for number, latency in sorted(latencies):
+        if latency < best * (1 - gain):
+            last = number
+        best = min(best, latency)
+    return last
+
+
+def settled(last_gain_trial: int | None, trials_total: int) -> bool:
+    """No gain in the later half of `trials_total` trials: a heuristic (TPE can still find a
+    better plan later), but a search that gained late has not settled."""
+    if last_gain_trial is None:
+        return False
+    return trials_total - 1 - last_gain_trial >= trials_total / 2
+
+
+def search_note(last_gain_trial: int | None, trials_total: int) -> str | None:
+    """One line on how settled the search is, for the tune command's summary."""
+    if last_gain_trial is None:
+        return None
+    since = trials_total - 1 - last_gain_trial
+    line = (f"search: the best last improved by {GAIN:.0%} or more at trial {last_gain_trial}, "
+            f"{since} trial{'' if since == 1 else 's'} ago")
+    if not settled(last_gain_trial, trials_total):
+        line += ("; it may not have settled: the same command with more --n-trials resumes "
+                 "the study")
+    return line
 
 
 def _steady_note(e: Evaluation) -> str:

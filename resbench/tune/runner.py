@@ -37,7 +37,7 @@ from resbench.tune.constraints import check_constraints, study_constraints
 from resbench.tune.interrupts import Interrupts
 from resbench.tune.liveness import StaleTrials, StaleWatch, fail_own_trials
 from resbench.tune.objective import INFEASIBLE_LATENCY_S, Evaluation, Evaluator, Objective
-from resbench.tune.result import Baseline, TuneResult, Validation
+from resbench.tune.result import Baseline, TuneResult, Validation, last_gain
 from resbench.tune.space import NotRepresentable, SearchSpace
 from resbench.tune.study import (
     OBJECTIVES,
@@ -262,7 +262,8 @@ def _tune(options: TuneOptions, callbacks: Iterable[Callback], log: Callable[[st
         trials_total=len(trials), trials_feasible=len(feasible), baselines=tuple(baselines),
         all_resident=all_resident, lower_bound_s=evaluator.lower_bound_s(),
         component_kinds=space.component_kinds, pareto=front, validation=validation,
-        result_note=note, min_budget_bytes=min_budget_bytes(schedule, profile))
+        result_note=note, min_budget_bytes=min_budget_bytes(schedule, profile),
+        last_gain_trial=last_gain((t.number, t.values[0]) for t in feasible))
 
 
 def _settled_trials(study: optuna.Study, ran: list[int], log: Callable[[str], None], *,

@@ -181,6 +181,8 @@ def test_tune_writes_and_prints_its_report(capsys: pytest.CaptureFixture[str], t
     doc = json.loads(out)
     assert doc["report"] == str(report) and report.is_file()
     assert "https://" not in report.read_text()
+    assert 0 <= doc["last_gain_trial"] < doc["trials_total"] == 4
+    assert doc["converged"] == (4 - 1 - doc["last_gain_trial"] >= 2)
 
 
 def test_a_hardware_file_whose_name_is_no_preset_tunes_and_reports(
