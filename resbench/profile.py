@@ -67,9 +67,13 @@ class ProfileResult:
 
 def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None = None,
                 device: str = "auto", hardware: str | None = None, scale: float = 1.0,
-                engine: str | None = None, **request_overrides: Any) -> ProfileResult:
+                engine: str | None = None, steady_state: bool | None = None,
+                **request_overrides: Any) -> ProfileResult:
     """Run `model` under `plan` on `device`; see the module docstring for devices. `engine`:
-    diffusers | zoo (None: diffusers for the models it implements, else zoo)."""
+    diffusers | zoo (None: diffusers for the models it implements, else zoo).
+    `steady_state`: report the second of two back-to-back requests (True; what a server's
+    warm calls are), one request (False), or as the plan needs (None: two for a plan that
+    keeps blocks between requests)."""
     spec = get_model(model)
     the_engine = make_engine(engine, spec, scale=scale)
     request = Request.for_model(spec, **request_overrides)
@@ -82,6 +86,7 @@ def run_profile(model: str, *, plan: str | None = None, budget_bytes: int | None
     the_plan.check_components({c.name: c.kind for c in spec.components}, source=the_plan.name)
     backend = make_backend(device, spec, request, profile=profile, scale=scale,
                            engine=the_engine)
+    backend.steady_state = steady_state
     try:
         res = backend.run(the_plan, budget)
     except DoesNotFitError as exc:

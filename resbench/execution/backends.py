@@ -39,6 +39,10 @@ class Backend(ABC):
     """Whether `run` does an untimed run first unless told otherwise (kernel loading, cuBLAS)."""
     schedule_dtype: ClassVar[torch.dtype | None] = None
     """The dtype the schedule is recorded in (None: the model's, bf16)."""
+    steady_state: bool | None = None
+    """Each run's figures are the second of two back-to-back requests on one setup (True),
+    one request (False), or as the plan needs (None: two for a plan that keeps weights
+    between requests); see `resbench.execution.Execution.run`."""
 
     def __init__(self, spec: ModelSpec, request: Request, *, profile: HardwareProfile,
                  scale: float = 1.0, schedule: Schedule | None = None,
@@ -126,7 +130,8 @@ class SimBackend(Backend):
 
         device = sim_device(self.schedule, self.profile, capacity_bytes=budget_bytes,
                             call_times_s=self.call_times_s)
-        return execute(self.schedule, plan, device, tracer=Tracer(enabled=trace))
+        return execute(self.schedule, plan, device, tracer=Tracer(enabled=trace),
+                       steady_state=self.steady_state)
 
 
 CPU_HOST_LIMIT_BYTES = 8 * 2**30
@@ -163,7 +168,8 @@ class CpuBackend(Backend):
         pipe = self.engine.pipeline(self.components(), device="cpu", dtype=torch.float32)
         device = CpuDevice(unit_slots_of(pipe), capacity_bytes=budget_bytes or 1 << 62)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
-                       tracer=Tracer(enabled=trace), keep_output=keep_output)
+                       tracer=Tracer(enabled=trace), keep_output=keep_output,
+                       steady_state=self.steady_state)
 
 
 class CudaBackend(Backend):
@@ -216,7 +222,8 @@ class CudaBackend(Backend):
         device = CudaDevice(unit_slots_of(pipe), weights.host, budget_bytes=budget_bytes,
                             device=cuda)
         return execute(self.schedule, plan, device, pipeline=pipe, request=self.request,
-                       tracer=Tracer(enabled=trace), keep_output=keep_output)
+                       tracer=Tracer(enabled=trace), keep_output=keep_output,
+                       steady_state=self.steady_state)
 
     def close(self) -> None:
         if self._weights is not None:

@@ -19,7 +19,9 @@ from resbench.analysis.budget import needed_budget_bytes
 from resbench.analysis.timeline import activation_timeline
 from resbench.drivers.replay import sim_device, simulate
 from resbench.errors import DoesNotFitError, InputError
-from resbench.execution import Execution
+from resbench.execution import Execution, SimBackend
+from resbench.models import get_model
+from resbench.pipeline import Request
 from resbench.residency import LayerwiseConfig, OffloadConfig, Plan
 from resbench.residency.plan import plan_from_dict
 from resbench.schedule import Schedule
@@ -228,3 +230,16 @@ def test_analyses_of_a_steady_state_trace_read_its_second_request() -> None:
     # the activation timeline pairs both requests' compute spans with the schedule's calls
     assert len(activation_timeline(frame, schedule)) == 2 * len(schedule.calls)
     assert len(activation_timeline(second, schedule)) == len(schedule.calls)
+
+
+def test_a_backend_told_to_reports_the_steady_state_of_any_plan() -> None:
+    """`resbench profile --steady-state`: a plan without kept blocks, its second request."""
+    schedule, times = encoder_then_dit()
+    spec = get_model("wan2.1-1.3b")  # not built: the schedule is given
+    backend = SimBackend(spec, Request.for_model(spec), profile=ideal_profile(),
+                         schedule=schedule, call_times_s=times)
+    assert not backend.run(keep_plan(keep=False), None).steady_state
+    backend.steady_state = True
+    second = backend.run(keep_plan(keep=False), None)
+    assert second.steady_state and second.cold_latency_s == pytest.approx(14 * MS)
+    assert second.latency_s == pytest.approx(14 * MS) and second.h2d_bytes == 6 * MB
