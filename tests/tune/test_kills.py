@@ -3,8 +3,10 @@ short ends FAIL (never RUNNING for ever), and the same command resumes the study
 
 The subprocess tests run the real command on Wan2.1 1.3B at full size (recorded on meta
 tensors, simulated) with 1,000 steps, so that a trial takes ~0.3 s: the test waits until a
-trial is being scored (its worker recorded, no result yet) and kills the process then. The other tests drive `resbench.tune.liveness` and
-`resbench.tune.interrupts` directly.
+trial is being scored (its worker recorded, no result yet) and kills the process then. The
+same command line then resumes the study through `resbench.cli.main` in this process: what
+is under test is the study it finds, not a second interpreter's start-up (~10 s on 2 cores).
+The other tests drive `resbench.tune.liveness` and `resbench.tune.interrupts` directly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from optuna.trial import TrialState
 from tune_setup import MODEL, TINY_SWEEP
 
+from resbench.cli import main
 from resbench.tune.interrupts import Interrupts
 from resbench.tune.liveness import (
     HEARTBEAT_GRACE_S,
@@ -60,6 +63,17 @@ def start(tmp_path: Path, storage: str, n_trials: int, log: str) -> subprocess.P
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
+def run_again(tmp_path: Path, storage: str, n_trials: int, capsys: pytest.CaptureFixture[str],
+              monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """The same command line, run by the entry point in this process from the same folder:
+    (exit code, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(tune_command(tmp_path, storage, n_trials)[3:])  # after `python -m resbench`
+    return int(exit_.value.code or 0), capsys.readouterr().err
+
+
 def load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="kills", storage=open_storage(storage))
 
@@ -95,7 +109,9 @@ def count(st: dict[int, TrialState], state: TrialState) -> int:
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path: Path, kind: str) -> None:
+def test_sigkill_mid_trial_then_the_same_command_resumes(
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     storage = storage_for(tmp_path, kind)
     proc = start(tmp_path, storage, 200, "first.log")
     in_flight = wait_mid_trial(storage, proc, tmp_path / "first.log")
@@ -107,21 +123,21 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path: Path, kind: s
     complete_before = {n for n, s in before.items() if s == TrialState.COMPLETE}
     assert complete_before
 
-    again = subprocess.run(tune_command(tmp_path, storage, 3), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    code, again_err = run_again(tmp_path, storage, 1, capsys, monkeypatch)
+    assert code == 0, again_err
     after = states(storage)
     assert after[in_flight] == TrialState.FAIL
     assert count(after, TrialState.RUNNING) == 0
     assert complete_before <= {n for n, s in after.items() if s == TrialState.COMPLETE}
-    assert count(after, TrialState.COMPLETE) == len(complete_before) + 3
+    assert count(after, TrialState.COMPLETE) == len(complete_before) + 1
     assert (f"trial {in_flight} was left RUNNING (its worker {HOST}:{proc.pid} is gone): "
-            f"marked FAIL") in again.stderr
+            f"marked FAIL") in again_err
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(tmp_path: Path,
-                                                                 kind: str) -> None:
+def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     storage = storage_for(tmp_path, kind)
     proc = start(tmp_path, storage, 200, "first.log")
     in_flight = wait_mid_trial(storage, proc, tmp_path / "first.log")
@@ -138,11 +154,10 @@ def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(tmp_path: Path,
         f"interrupted: study kills keeps its {complete} complete and {failed} failed trials "
         f"in {storage}; run the same command again to resume")
 
-    again = subprocess.run(tune_command(tmp_path, storage, 2), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    code, again_err = run_again(tmp_path, storage, 1, capsys, monkeypatch)
+    assert code == 0, again_err
     after = states(storage)
-    assert count(after, TrialState.COMPLETE) == complete + 2
+    assert count(after, TrialState.COMPLETE) == complete + 1
     assert count(after, TrialState.FAIL) == 1 and count(after, TrialState.RUNNING) == 0
 
 
