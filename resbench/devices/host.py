@@ -28,9 +28,8 @@ from resbench.models.base import (
     build_component,
     component_of,
     init_buffers,
-    retie,
     tensor_seed,
-    tied_parameters,
+    to_empty_keeping_ties,
     unit_slots,
 )
 
@@ -265,9 +264,7 @@ def build_weights(components: Iterable[ComponentSpec], *, scale: float = 1.0, se
         module = build_component(spec, scale)
         sig = _signature(module)
         source = built.get(sig) if share_identical else None
-        ties = tied_parameters(module)
-        module.to_empty(device=device)
-        retie(ties)  # to_empty unties them: a tied weight would be copied and moved twice
+        to_empty_keeping_ties(module, device)
         if source is None:
             fill_random(module, seed=seed, component=spec.name)
             capture_units(host, spec.name, unit_slots(module), pin=pin)

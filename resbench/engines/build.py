@@ -26,7 +26,7 @@ from torch import nn
 
 from resbench.engines.catalog import EngineModel, get_engine_model, load_config
 from resbench.errors import InputError
-from resbench.models.base import retie, scaled_count, scaled_dim, tied_parameters
+from resbench.models.base import scaled_count, scaled_dim, to_empty_keeping_ties
 from resbench.models.mmdit import scaled_axes
 
 PIPELINE = "pipeline"
@@ -356,9 +356,7 @@ def materialize(component: nn.Module, device: torch.device | str = "cpu", *, see
     buffers, plain = _built_tensors(component)
     owners = {f"{prefix}.{n}" if prefix else n: mod for prefix, mod in component.named_modules()
               for n, _ in mod.named_parameters(recurse=False)}
-    ties = tied_parameters(component)
-    component.to_empty(device=torch.device(device))
-    retie(ties)  # to_empty unties them: a tied embedding would take its bytes twice
+    to_empty_keeping_ties(component, device)
     for qualname, p in component.named_parameters():
         on = p.device if draw_on_device else torch.device("cpu")
         gen = torch.Generator(device=on).manual_seed(_seed(seed, f"{name}.{qualname}"))

@@ -166,9 +166,7 @@ def materialize(
     """
     device = torch.device(device)
     component = component_of(module, component)
-    ties = tied_parameters(module)
-    module.to_empty(device=device)
-    retie(ties)
+    to_empty_keeping_ties(module, device)
     for qualname, p in module.named_parameters():
         gen = torch.Generator().manual_seed(tensor_seed(seed, component, qualname))
         if p.dim() >= 2:
@@ -204,6 +202,15 @@ def retie(groups: list[TiedGroup]) -> None:
         p = first._parameters[first_attr]
         for mod, attr in rest:
             mod._parameters[attr] = p
+
+
+def to_empty_keeping_ties(module: nn.Module, device: torch.device | str) -> None:
+    """`module.to_empty(device=device)`, with tied parameters (T5's shared embedding) still
+    one Parameter after it: `to_empty` unties them, and a tied weight would then take its
+    bytes twice, be copied and moved twice."""
+    ties = tied_parameters(module)
+    module.to_empty(device=torch.device(device))
+    retie(ties)
 
 
 def init_buffers(module: nn.Module) -> None:
