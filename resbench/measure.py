@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from resbench.analysis.bounds import request_window
 from resbench.devices.cuda import CudaDevice, Weights, build_weights
 from resbench.errors import DeviceOOMError, DoesNotFitError
 from resbench.execution import Backend, CpuBackend, CudaBackend, memory_budget
@@ -85,9 +86,8 @@ def measure_real(spec: ModelSpec | str, request: Request, plan: Plan | str | Pat
     if not keep_output:
         out.pop("output")
     if res.trace is not None and len(res.trace):
-        marks = res.trace.set_index("kind").t_s
-        # the last request's (a steady-state run has two)
-        out["latency_gpu_s"] = float(marks["request_end"].max() - marks["request_start"].max())
+        start, end = request_window(res.trace)  # the last request's (a steady state has two)
+        out["latency_gpu_s"] = end - start
     out.update(plan_name=the_plan.name, schedule=backend.schedule,
                device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu")
     if prof is not None:
