@@ -90,20 +90,12 @@ def merge(paths: list[Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     # from the merged reference row of the cell, as the benchmark figures it
     refs = keep[(keep["kind"] == "reference") & (keep["status"] == "ok")]
     refs = {r["cell"]: r for r in refs.to_dict("records")}
-    bounds = {}
     for index, r in keep.to_dict("index").items():
-        if _num(r.get("lower_bound_s")) == _num(r.get("lower_bound_s")) or r["cell"] not in refs:
+        known = _num(r.get("lower_bound_s")) == _num(r.get("lower_bound_s"))
+        if known or r["cell"] not in refs or _num(r.get("dit_bytes")) != _num(r.get("dit_bytes")):
             continue
-        if _num(r.get("dit_bytes")) != _num(r.get("dit_bytes")):
-            continue
-        fields = lower_bound(refs[r["cell"]], r)
-        if fields is not None:
-            bounds[index] = fields
-    if bounds:
-        filled = pd.DataFrame.from_dict(bounds, orient="index")
-        keep = keep.assign(**{c: keep.get(c, pd.Series(math.nan, index=keep.index))
-                              .astype("float64") for c in filled.columns})
-        keep.loc[filled.index, filled.columns] = filled.astype("float64")
+        for column, value in (lower_bound(refs[r["cell"]], r) or {}).items():
+            keep.loc[index, column] = value
     return keep.drop(columns=["_date", "_order", "_measured", "_budget", "_fast"]), envs
 
 
