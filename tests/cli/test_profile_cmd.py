@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from resbench.cli import main
+RunMain = Callable[..., tuple[int, str, str]]
+"""The `run_main` fixture (tests/conftest.py)."""
 
 
 def resbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,13 +23,9 @@ def resbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
                           text=True, cwd=cwd, timeout=300)
 
 
-def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`resbench ARGS` run by `main` here, its exit code and output as a subprocess's."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), int(exit_.value.code or 0), out, err)
+def in_process(run_main: RunMain, *args: str) -> subprocess.CompletedProcess[str]:
+    """`resbench ARGS` run by `main` here (the `run_main` fixture), as a subprocess's result."""
+    return subprocess.CompletedProcess(list(args), *run_main(*args))
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
@@ -38,8 +36,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
 
 
 def test_models_json_lists_the_zoo_with_published_counts(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    result = in_process(capsys, "models", "--json")
+        run_main: RunMain) -> None:
+    result = in_process(run_main, "models", "--json")
     assert result.returncode == 0, result.stderr
     models = {m["model"]: m for m in json.loads(result.stdout)["models"]}
     assert {"wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "wan2.1-t2v-14b",
@@ -48,8 +46,8 @@ def test_models_json_lists_the_zoo_with_published_counts(
         assert m["params_err_pct"] is None or abs(m["params_err_pct"]) <= 2
 
 
-def test_models_show_units(capsys: pytest.CaptureFixture[str]) -> None:
-    result = in_process(capsys, "models", "show", "wan2.2", "--json")
+def test_models_show_units(run_main: RunMain) -> None:
+    result = in_process(run_main, "models", "show", "wan2.2", "--json")
     doc = json.loads(result.stdout)
     assert doc["model"] == "wan2.2-t2v-a14b" and doc["boundary"] == 0.875
     units = [u for u in doc["units"] if u["component"] == "transformer"]
@@ -62,8 +60,8 @@ def test_unknown_model_exit_2_with_close_matches() -> None:
 
 
 def test_profile_on_the_simulator_by_default(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    result = in_process(capsys, "profile", "--model", "wan2.1-1.3b", "--steps", "2", "--height",
+                                             run_main: RunMain) -> None:
+    result = in_process(run_main, "profile", "--model", "wan2.1-1.3b", "--steps", "2", "--height",
                         "480", "--width", "832", "--budget", "24GB", "--device", "sim",
                         "--out", str(tmp_path / "run"), "--report", str(tmp_path / "r.html"),
                         "--json")
@@ -102,16 +100,16 @@ def test_profile_bad_input_from_the_shell(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, code, text", PROFILE_BAD_INPUT[1:])
 def test_profile_bad_input(args, code, text, tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
-    result = in_process(capsys, *profile_args(tmp_path, args))
+                           run_main: RunMain) -> None:
+    result = in_process(run_main, *profile_args(tmp_path, args))
     line = one_line_error(result, code)
     assert text in result.stderr, line
 
 
 def test_plan_naming_a_missing_component(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         run_main: RunMain) -> None:
     plan = tmp_path / "p.toml"
     plan.write_text('schema = 1\n[components.transformer_2]\nstrategy = "resident"\n')
-    result = in_process(capsys, "profile", "--model", "wan2.1-1.3b", "--steps", "1", "--device",
+    result = in_process(run_main, "profile", "--model", "wan2.1-1.3b", "--steps", "1", "--device",
                         "sim", "--plan", str(plan), "--out", str(tmp_path / "run"))
     assert "no component 'transformer_2'" in one_line_error(result, 2)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from resbench.cli import cli, main
+from resbench.cli import cli
 from resbench.run import load_run
 
 # wan2.2 at 2 steps: the diffusers scheduler (flow_shift 3) gives t = 1000, 500, so step 1
@@ -54,12 +55,10 @@ def test_diffusers_by_default_where_it_implements_the_model(tmp_path: Path) -> N
 
 
 def test_diffusers_engine_for_a_model_it_lacks_is_bad_input(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, run_main: Callable[..., tuple[int, str, str]]) -> None:
     # the entry point's error mapping, in process (tests/cli runs `profile` from the shell)
-    with pytest.raises(SystemExit) as exit_:
-        main(["profile", "--engine", "diffusers", "--model", "wan2.1-1.3b", "--device", "sim",
-              "--steps", "1", "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, err
+    code, _, err = run_main("profile", "--engine", "diffusers", "--model", "wan2.1-1.3b",
+                            "--device", "sim", "--steps", "1", "--out", tmp_path / "run")
+    assert code == 2, err
     assert "does not implement wan2.1-t2v-1.3b" in err
     assert "Traceback" not in err

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -25,7 +26,6 @@ import pytest
 from optuna.trial import TrialState
 from tune_setup import MODEL, TINY_SWEEP
 
-from resbench.cli import main
 from resbench.tune.interrupts import Interrupts
 from resbench.tune.liveness import (
     HEARTBEAT_GRACE_S,
@@ -63,15 +63,13 @@ def start(tmp_path: Path, storage: str, n_trials: int, log: str) -> subprocess.P
                                 stdout=subprocess.DEVNULL, stderr=err)
 
 
-def run_again(tmp_path: Path, storage: str, n_trials: int, capsys: pytest.CaptureFixture[str],
+def run_again(tmp_path: Path, storage: str, n_trials: int, run_main: Callable[..., tuple[int, str, str]],
               monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     """The same command line, run by the entry point in this process from the same folder:
     (exit code, stderr)."""
     monkeypatch.chdir(tmp_path)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(tune_command(tmp_path, storage, n_trials)[3:])  # after `python -m resbench`
-    return int(exit_.value.code or 0), capsys.readouterr().err
+    code, _, err = run_main(*tune_command(tmp_path, storage, n_trials)[3:])  # after `-m resbench`
+    return code, err
 
 
 def load(storage: str) -> optuna.Study:
@@ -110,7 +108,7 @@ def count(st: dict[int, TrialState], state: TrialState) -> int:
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_sigkill_mid_trial_then_the_same_command_resumes(
-        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, kind: str, run_main: Callable[..., tuple[int, str, str]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     storage = storage_for(tmp_path, kind)
     proc = start(tmp_path, storage, 200, "first.log")
@@ -123,7 +121,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(
     complete_before = {n for n, s in before.items() if s == TrialState.COMPLETE}
     assert complete_before
 
-    code, again_err = run_again(tmp_path, storage, 1, capsys, monkeypatch)
+    code, again_err = run_again(tmp_path, storage, 1, run_main, monkeypatch)
     assert code == 0, again_err
     after = states(storage)
     assert after[in_flight] == TrialState.FAIL
@@ -136,7 +134,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(
-        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, kind: str, run_main: Callable[..., tuple[int, str, str]],
         monkeypatch: pytest.MonkeyPatch) -> None:
     storage = storage_for(tmp_path, kind)
     proc = start(tmp_path, storage, 200, "first.log")
@@ -154,7 +152,7 @@ def test_sigint_mid_trial_exits_130_with_the_counts_then_resumes(
         f"interrupted: study kills keeps its {complete} complete and {failed} failed trials "
         f"in {storage}; run the same command again to resume")
 
-    code, again_err = run_again(tmp_path, storage, 1, capsys, monkeypatch)
+    code, again_err = run_again(tmp_path, storage, 1, run_main, monkeypatch)
     assert code == 0, again_err
     after = states(storage)
     assert count(after, TrialState.COMPLETE) == complete + 1
