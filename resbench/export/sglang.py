@@ -88,9 +88,8 @@ def _dit(name: str, cfg: StrategyConfig, notes: list[str]) -> list[str]:
         notes.append(f"{name}: {cfg.resident_blocks} resident blocks need a sglang with "
                      f"--dit-layerwise-resident-layers, placed {policy!r} "
                      f"(placement={cfg.placement}); older versions stream every layer")
-        # the flag's values are known only from launch commands seen in use, not from a
-        # release's documentation: say so rather than guess its default
-        # always set (per-request dropped at the end), so that DiTs that differ are caught
+        # always set (per-request dropped at the end), so that DiTs that differ are caught;
+        # its values are known only from launch commands seen in use, which the notes say
         flags.append(f"{LIFETIME} {'permanent' if cfg.keep_resident else PER_REQUEST}")
         if cfg.keep_resident:
             notes.append(f"{name}: keep_resident=true (resident blocks kept from one request "

@@ -44,6 +44,7 @@ from resbench.residency.policies import POLICIES
 from resbench.residency.strategies import (
     STRATEGIES,
     DisabledConfig,
+    LayerwiseConfig,
     ResidentConfig,
     StrategyConfig,
 )
@@ -96,7 +97,7 @@ class Plan:
         is not the plan's cost, the steady state is — the second of two back-to-back
         requests, its memory checked over both (`resbench.execution.execute`)."""
         return POLICIES[self.policy].manages and any(
-            getattr(cfg, "keep_resident", False) and getattr(cfg, "resident_blocks", 0) > 0
+            isinstance(cfg, LayerwiseConfig) and cfg.keep_resident and cfg.resident_blocks > 0
             for _, cfg in self.components)
 
     def with_components(self, **configs: StrategyConfig) -> Plan:
